@@ -1,0 +1,3 @@
+from tolem.cli import main
+
+main()

@@ -1,0 +1,131 @@
+"""The ASGI application: ``create_app()`` builds a gateway from settings."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tolem import __version__, wire
+from tolem.config import Settings
+from tolem.errors import install_handlers
+from tolem.oauth.endpoints import router as oauth_router
+from tolem.payments.endpoints import router as payments_router
+from tolem.runtime import Runtime
+
+log = logging.getLogger("tolem")
+
+
+class BodyLimit:
+    """Refuse request bodies over the limit, before and while they are read."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
+                await self._refuse(send)
+                return
+        received = 0
+        limit = self.limit
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = wire.dumps(
+            {"code": 477, "message": f"request body larger than {self.limit} bytes"}
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def api_router() -> APIRouter:
+    """Every API route; mounted at / and again under /api (the test host's prefix)."""
+    router = APIRouter()
+    router.include_router(payments_router)
+    return router
+
+
+def create_app(settings: Settings | None = None, *, prepare: bool = True) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        rt = Runtime.start(settings)
+        if prepare:
+            from tolem.db.migrate import prepare_database
+
+            prepare_database(rt.db, sandbox=settings.is_sandbox)
+        app.state.runtime = rt
+        log.info("tolem %s ready (%s mode)", __version__, settings.mode.value)
+        try:
+            yield
+        finally:
+            rt.close()
+
+    app = FastAPI(
+        title="tolem",
+        version=__version__,
+        description="A payment gateway that speaks Halyk Bank ePay's merchant protocol.",
+        lifespan=lifespan,
+        default_response_class=wire.EpayJSONResponse,
+    )
+    install_handlers(app)
+    app.include_router(oauth_router)
+    app.include_router(oauth_router, prefix="/epay2", include_in_schema=False)
+    app.include_router(api_router())
+    app.include_router(api_router(), prefix="/api", include_in_schema=False)
+    # Shops call the token endpoint and the API from browser pages.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=["*"],
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        max_age=600,
+    )
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def worker_app() -> FastAPI:
+    """The factory ``tolem serve`` hands uvicorn: settings from the environment."""
+    from tolem.logs import configure_logging
+
+    settings = Settings()
+    configure_logging(settings)
+    return create_app(settings, prepare=False)

@@ -1,0 +1,222 @@
+"""The ``tolem`` command."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tolem.config import Mode, Settings
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="tolem: an ePay gateway.",
+)
+merchant_app = typer.Typer(no_args_is_help=True, help="Merchants and their credentials.")
+db_app = typer.Typer(no_args_is_help=True, help="The database schema.")
+app.add_typer(merchant_app, name="merchant")
+app.add_typer(db_app, name="db")
+
+console = Console()
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL (env TOLEM_DATABASE_URL)."),
+]
+
+
+def _settings(database_url: str | None = None, **overrides: object) -> Settings:
+    values = {k: v for k, v in overrides.items() if v is not None}
+    if database_url:
+        values["database_url"] = database_url
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _database(settings: Settings):  # type: ignore[no-untyped-def]
+    from tolem.db.engine import Database
+
+    if settings.effective_database_url.startswith("sqlite"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Database(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (env TOLEM_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (env TOLEM_PORT).")] = None,
+    database_url: DatabaseUrl = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (env TOLEM_WORKERS).")] = None,
+    mode: Annotated[Mode | None, typer.Option(help="sandbox or production (env TOLEM_MODE).")] = None,
+) -> None:
+    """Run the gateway."""
+    import uvicorn
+
+    from tolem.db.migrate import prepare_database
+    from tolem.keys import load_keyring
+    from tolem.logs import configure_logging
+
+    settings = _settings(database_url, host=host, port=port, workers=workers, mode=mode)
+    configure_logging(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    load_keyring(settings)  # generate sandbox keys once, before workers start
+    db = _database(settings)
+    try:
+        prepare_database(db, sandbox=settings.is_sandbox)
+    finally:
+        db.dispose()
+    # Workers read their settings from the environment.
+    os.environ.update(_environment(settings))
+    uvicorn.run(
+        "tolem.app:worker_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=settings.access_log,
+        proxy_headers=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    env = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if name in ("token_key", "fingerprint_key") and not value:
+            continue
+        env[f"TOLEM_{name.upper()}"] = str(value.value if isinstance(value, Mode) else value)
+    env["TOLEM_DATA_DIR"] = str(settings.data_dir.resolve())
+    env["TOLEM_DATABASE_URL"] = settings.effective_database_url
+    return env
+
+
+@db_app.command("upgrade")
+def db_upgrade(database_url: DatabaseUrl = None) -> None:
+    """Apply every migration."""
+    from tolem.db.migrate import upgrade
+
+    settings = _settings(database_url)
+    db = _database(settings)
+    try:
+        upgrade(db)
+    finally:
+        db.dispose()
+    console.print("database is at the newest revision")
+
+
+@merchant_app.command("create")
+def merchant_create(
+    name: Annotated[str, typer.Option("--name", help="Shop name.")],
+    one_step: Annotated[
+        bool, typer.Option("--one-step", help="Charge at once (status CHARGE), not AUTH.")
+    ] = False,
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Create a merchant; prints its ClientID, ClientSecret and TerminalID once."""
+    from tolem.db.migrate import upgrade
+    from tolem.merchants.service import create_merchant
+
+    settings = _settings(database_url)
+    db = _database(settings)
+    try:
+        upgrade(db)
+        try:
+            with db.write() as session:
+                creds = create_merchant(session, name, two_step=not one_step)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--name") from exc
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps({
+            "merchantId": creds.merchant_id, "name": creds.name, "clientId": creds.client_id,
+            "clientSecret": creds.client_secret, "terminalId": creds.terminal_id,
+        }))  # fmt: skip
+        return
+    console.print(f"Merchant [bold]{creds.name}[/bold] created.")
+    console.print(f"  ClientID      {creds.client_id}")
+    console.print(f"  ClientSecret  {creds.client_secret}")
+    console.print(f"  TerminalID    {creds.terminal_id}")
+    console.print("[yellow]The ClientSecret is shown only now; tolem keeps only a hash.[/yellow]")
+
+
+@merchant_app.command("list")
+def merchant_list(
+    database_url: DatabaseUrl = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List merchants and their terminals."""
+    from tolem.db.migrate import upgrade
+    from tolem.merchants.service import list_merchants
+
+    settings = _settings(database_url)
+    db = _database(settings)
+    try:
+        upgrade(db)
+        with db.read() as session:
+            rows = [
+                {
+                    "name": m.name,
+                    "clientId": m.client_id,
+                    "created": m.created_at.isoformat(),
+                    "terminals": [
+                        {"id": t.id, "twoStep": t.two_step, "currencies": t.currencies.split()}
+                        for t in terminals
+                    ],
+                }
+                for m, terminals in list_merchants(session)
+            ]
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    table = Table("Name", "ClientID", "TerminalID", "Steps", "Currencies")
+    for row in rows:
+        for terminal in row["terminals"]:  # type: ignore[attr-defined]
+            table.add_row(
+                str(row["name"]), str(row["clientId"]), terminal["id"],
+                "two" if terminal["twoStep"] else "one", " ".join(terminal["currencies"]),
+            )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def cards(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Every simulator card and trigger: PAN, expiry, CVC and outcome."""
+    from tolem.processor.cards import catalogue
+
+    rows = [
+        {
+            "pan": c.pan, "expiry": c.expiry, "cvc": c.cvc, "outcome": c.outcome,
+            "reasonCode": c.reason_code, "reason": c.reason, "threeDSecure": c.three_ds,
+            "note": c.note,
+        }
+        for c in catalogue()
+    ]  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("PAN", "Expiry", "CVC", "Outcome", "Code", "3DS", "Note")
+    for row in rows:
+        table.add_row(
+            str(row["pan"]), str(row["expiry"]), str(row["cvc"]), str(row["outcome"]),
+            str(row["reasonCode"]), "yes" if row["threeDSecure"] else "no", str(row["note"]),
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        "Any other card: Luhn (471), expiry format (457) and date (478), CVC format (477), "
+        "then approve."
+    )
+
+
+def main() -> None:
+    app()
+

@@ -1,0 +1,95 @@
+"""Settings: every option is also an environment variable named ``TOLEM_<NAME>``.
+
+The table in README.md is the user-facing list; keep the two in step (a test does).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Mode(StrEnum):
+    SANDBOX = "sandbox"
+    PRODUCTION = "production"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOLEM_", extra="ignore")
+
+    mode: Mode = Field(Mode.SANDBOX, description="`sandbox` or `production`.")
+    host: str = Field("127.0.0.1", description="Address `tolem serve` binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port `tolem serve` listens on.")
+    workers: int = Field(1, ge=1, le=64, description="Worker processes of `tolem serve`.")
+    data_dir: Path = Field(
+        Path(".tolem"),
+        description="Where sandbox mode keeps its SQLite database and generated keys.",
+    )
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL; empty means SQLite at `<data_dir>/tolem.db`. "
+        "PostgreSQL: `postgresql+psycopg://user@host/db`.",
+    )
+    public_base_url: str = Field(
+        "",
+        description="Public origin of this gateway (used in links it hands out); "
+        "empty means `http://<host>:<port>`.",
+    )
+    rsa_key_bits: int = Field(
+        2048, description="Size of the cryptogram RSA key generated in sandbox mode: "
+        "2048, 3072 or 4096 (the live service uses 4096)."
+    )
+    rsa_private_key_file: Path | None = Field(
+        None, description="PEM file of the cryptogram RSA private key (required in production)."
+    )
+    token_key: str = Field(
+        "",
+        description="Base64 of 32 random bytes that seal access tokens "
+        "(required in production; sandbox generates one in data_dir).",
+    )
+    fingerprint_key: str = Field(
+        "",
+        description="Base64 of 32 random bytes keying card fingerprints "
+        "(required in production; sandbox generates one in data_dir).",
+    )
+    token_ttl: int = Field(7200, ge=60, le=86400, description="Access token lifetime, seconds.")
+    max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted.")
+    sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
+        "NORMAL",
+        description="SQLite `synchronous` pragma in WAL mode: NORMAL survives a process "
+        "crash, FULL also a power cut.",
+    )
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    access_log: bool = Field(True, description="Log one line per HTTP request.")
+
+    @field_validator("rsa_key_bits")
+    @classmethod
+    def _key_bits(cls, value: int) -> int:
+        if value not in (2048, 3072, 4096):
+            raise ValueError("must be 2048, 3072 or 4096")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _lower(cls, value: str) -> str:
+        return value.lower()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'tolem.db').resolve()}"
+
+    @property
+    def effective_public_base_url(self) -> str:
+        if self.public_base_url:
+            return self.public_base_url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def is_sandbox(self) -> bool:
+        return self.mode is Mode.SANDBOX

@@ -1,0 +1,8 @@
+"""Every table, imported in one place so that metadata and migrations see them all."""
+
+from tolem.db.base import Base
+from tolem.merchants.models import Merchant, Terminal
+from tolem.payments.models import Transaction, TransactionEvent
+from tolem.processor.simulator import LedgerEntry
+
+__all__ = ["Base", "LedgerEntry", "Merchant", "Terminal", "Transaction", "TransactionEvent"]

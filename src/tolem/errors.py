@@ -1,0 +1,100 @@
+"""Errors that reach the wire, and the one handler that renders them.
+
+    TolemError                 HTTP status + ePay code + message (+ invoice fields)
+    ├── BadRequest             400, a malformed or inconsistent request
+    │   └── PaymentDeclined    400, the processor said no (code = reason code)
+    ├── Unauthorized           401, no valid credentials or token
+    ├── NotFound               404
+    ├── PayloadTooLarge        413
+    └── Conflict               409
+
+Every error body has ``code`` and ``message``; payment errors add the invoice fields
+ePay sends (``invoiceId``, ``id``, ``reference``, ``accountId``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from tolem.wire import json_response
+
+log = logging.getLogger("tolem.errors")
+
+#: ePay's generic API error (EPAY.md section 8): not a reason code.
+API_ERROR = 100
+#: Reason code 477, "format error": a field that is missing or malformed.
+FORMAT_ERROR = 477
+
+
+class TolemError(Exception):
+    status_code = 400
+
+    def __init__(self, message: str, *, code: int = API_ERROR, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.fields = fields
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, **self.fields}
+
+
+class BadRequest(TolemError):
+    status_code = 400
+
+
+class PaymentDeclined(BadRequest):
+    pass
+
+
+class Unauthorized(TolemError):
+    status_code = 401
+
+
+class NotFound(TolemError):
+    status_code = 404
+
+
+class Conflict(TolemError):
+    status_code = 409
+
+
+class PayloadTooLarge(TolemError):
+    status_code = 413
+
+
+def install_handlers(app: FastAPI) -> None:
+    async def tolem_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, TolemError)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return json_response(exc.body(), status_code=exc.status_code, headers=headers)
+
+    async def validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        text = f"{where}: {first.get('msg', 'invalid')}" if where else "invalid request"
+        return json_response({"code": FORMAT_ERROR, "message": text}, status_code=400)
+
+    async def http_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return json_response(
+            {"code": API_ERROR, "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=dict(exc.headers or {}),
+        )
+
+    async def unexpected(_request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return json_response({"code": 461, "message": "System error"}, status_code=500)
+
+    app.add_exception_handler(TolemError, tolem_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)

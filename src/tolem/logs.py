@@ -1,0 +1,47 @@
+"""Logging: one format for tolem and uvicorn, with card numbers redacted.
+
+tolem never logs a PAN or CVC on purpose; the redaction filter is the safety net for
+what it does not control (a library's message, an echoed request line): any run of
+12 to 19 digits that passes Luhn is masked before a record is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+
+from tolem import carddata
+from tolem.config import Settings
+
+_DIGIT_RUN = re.compile(r"(?<!\d)\d{12,19}(?!\d)")
+
+
+def redact(text: str) -> str:
+    return _DIGIT_RUN.sub(
+        lambda m: carddata.mask(m.group()) if carddata.luhn_ok(m.group()) else m.group(), text
+    )
+
+
+class RedactCards(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s")
+    )
+    handler.addFilter(RedactCards())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log_level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True

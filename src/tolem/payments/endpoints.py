@@ -1,0 +1,128 @@
+"""POST /payment/cryptopay and GET /public.rsa."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from tolem import fields, wire
+from tolem.errors import BadRequest
+from tolem.oauth import service as oauth
+from tolem.payments import service
+from tolem.payments.cryptogram import CryptogramError, decrypt
+from tolem.payments.models import Transaction
+from tolem.payments.schemas import CryptopayBody, parse_cryptopay
+from tolem.runtime import Runtime, runtime
+
+router = APIRouter(tags=["payments"])
+
+_EMPTY_INVOICE = {"invoiceId": "", "id": "", "reference": "", "accountId": ""}
+
+
+@router.get(
+    "/public.rsa",
+    summary="The gateway's RSA public key for cryptograms (PEM)",
+    response_class=Response,
+    responses={200: {"content": {"application/x-pem-file": {}}}},
+)
+def public_key(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    return Response(rt.keys.public_pem, media_type="application/x-pem-file")
+
+
+@router.post(
+    "/payment/cryptopay",
+    summary="Pay with a card cryptogram",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": CryptopayBody.model_json_schema(by_alias=True)
+                }
+            },
+        }
+    },
+)
+async def cryptopay(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    try:
+        data = wire.parse_json_object(await request.body())
+    except wire.BodyError as exc:
+        raise BadRequest(str(exc), code=477, **_EMPTY_INVOICE) from exc
+    ip = request.client.host if request.client else ""
+    authorization = request.headers.get("authorization")
+    tx = await run_in_threadpool(_pay, rt, data, authorization, ip)
+    return wire.json_response(payment_body(tx))
+
+
+def _pay(rt: Runtime, data: dict[str, Any], authorization: str | None, ip: str) -> Transaction:
+    token = oauth.bearer(rt.sealer, authorization)
+    try:
+        body = parse_cryptopay(data)
+    except fields.FieldError as exc:
+        raise BadRequest(str(exc), code=exc.code, **_invoice_of(data)) from exc
+    try:
+        card, card_terminal = decrypt(rt.keys.rsa_private, body.cryptogram)
+    except CryptogramError as exc:
+        raise BadRequest(str(exc), code=477, **_invoice_of(data)) from exc
+    terminal_id = service.check_binding(token, body, card_terminal)
+    ctx = service.PaymentContext(token=token, ip=ip)
+    with rt.db.write() as session:
+        tx, terminal = service.claim(
+            session, ctx, body, terminal_id, card, rt.keys.fingerprint_key
+        )
+    result = service.authorize(rt.acquirer, tx, terminal, card)
+    if result is None:
+        raise service.unreachable(tx)
+    with rt.db.write() as session:
+        service.finish(session, tx, result, capture=not terminal.two_step)
+    if not result.approved:
+        raise service.declined(tx)
+    return tx
+
+
+def _invoice_of(data: dict[str, Any]) -> dict[str, str]:
+    """The invoice fields of an error, echoed from a body that may be malformed."""
+    def pick(*names: str) -> str:
+        for name in names:
+            value = data.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool):
+                return str(value)[:64]
+        return ""
+
+    return {
+        "invoiceId": pick("invoiceId", "invoiceID", "InvoiceID"),
+        "id": "",
+        "reference": "",
+        "accountId": pick("accountId", "accountID"),
+    }
+
+
+def payment_body(tx: Transaction) -> dict[str, Any]:
+    """A successful payment as ePay answers it (EPAY.md section 5)."""
+    return {
+        "id": tx.id,
+        "amount": tx.amount,
+        "amountBonus": 0,
+        "currency": tx.currency,
+        "invoiceID": tx.invoice_id,
+        "invoiceIdAlt": tx.invoice_id_alt,
+        "accountID": tx.account_id,
+        "phone": tx.phone,
+        "email": tx.email,
+        "description": tx.description,
+        "reference": tx.reference,
+        "intReference": tx.int_reference,
+        "secure3D": None,
+        "cardID": tx.card_id,
+        "language": tx.language,
+        "fee": 0,
+        "code": 0,
+        "status": tx.status,
+        "approvalCode": tx.approval_code,
+        "cardMask": tx.card_mask,
+        "cardType": tx.card_type,
+        "issuer": tx.issuer,
+    }

@@ -1,0 +1,110 @@
+"""Transactions and their history."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tolem.db.base import Base, Money, UTCDateTime, new_id, utcnow
+
+
+class Status(StrEnum):
+    """ePay status names (EPAY.md section 11)."""
+
+    NEW = "NEW"  # created, waiting for the processor or for 3-D Secure
+    AUTH = "AUTH"  # funds blocked (two-step terminals)
+    CHARGE = "CHARGE"  # paid
+    CANCEL = "CANCEL"
+    REFUND = "REFUND"
+    FAILED = "FAILED"  # declined by the processor
+    REJECT = "REJECT"
+    THREE_DS_FAILED = "3D"
+    VERIFIED = "VERIFIED"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not Status.NEW
+
+
+class Transaction(Base):
+    __tablename__ = "transactions"
+    __table_args__ = (
+        # ePay: an invoice is unique per terminal, and so are its last six digits.
+        # invoice_claim holds those six digits while the invoice is taken and is
+        # cleared when the attempt is declined, so the shop may retry the order.
+        # NULLs never collide, on SQLite and PostgreSQL alike.
+        UniqueConstraint("terminal_id", "invoice_claim"),
+        Index("ix_transactions_terminal_invoice", "terminal_id", "invoice_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"), index=True)
+    terminal_id: Mapped[str] = mapped_column(ForeignKey("terminals.id"))
+    invoice_id: Mapped[str] = mapped_column(String(15))
+    invoice_claim: Mapped[str | None] = mapped_column(String(6))
+    invoice_id_alt: Mapped[str] = mapped_column(String(15), default="")
+    amount: Mapped[Decimal] = mapped_column(Money())
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(16), default=Status.NEW.value)
+    reason_code: Mapped[int] = mapped_column(Integer, default=0)
+    reason: Mapped[str] = mapped_column(String(200), default="")
+    payment_type: Mapped[str] = mapped_column(String(32), default="card")
+
+    description: Mapped[str] = mapped_column(Text, default="")
+    account_id: Mapped[str] = mapped_column(String(100), default="")
+    email: Mapped[str] = mapped_column(String(200), default="")
+    phone: Mapped[str] = mapped_column(String(50), default="")
+    payer_name: Mapped[str] = mapped_column(String(200), default="")
+    language: Mapped[str] = mapped_column(String(8), default="rus")
+    data: Mapped[str] = mapped_column(Text, default="")
+    ip: Mapped[str] = mapped_column(String(64), default="")
+
+    post_link: Mapped[str] = mapped_column(Text, default="")
+    failure_post_link: Mapped[str] = mapped_column(Text, default="")
+    secret_hash: Mapped[str] = mapped_column(Text, default="")
+
+    # Card: never the PAN, never the CVC.
+    card_mask: Mapped[str] = mapped_column(String(32), default="")
+    card_fingerprint: Mapped[str] = mapped_column(String(64), default="", index=True)
+    card_type: Mapped[str] = mapped_column(String(16), default="")
+    issuer: Mapped[str] = mapped_column(String(100), default="")
+    card_id: Mapped[str] = mapped_column(String(36), default="")
+
+    # Processor references.
+    reference: Mapped[str] = mapped_column(String(12), default="")
+    int_reference: Mapped[str] = mapped_column(String(32), default="")
+    approval_code: Mapped[str] = mapped_column(String(6), default="")
+    secure: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    amount_charged: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))
+    amount_refunded: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))
+
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class TransactionEvent(Base):
+    """One line of a transaction's history: every state change and operation."""
+
+    __tablename__ = "transaction_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal] = mapped_column(Money())
+    reason_code: Mapped[int] = mapped_column(Integer, default=0)
+    detail: Mapped[str] = mapped_column(Text, default="")

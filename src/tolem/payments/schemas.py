@@ -1,0 +1,153 @@
+"""Wire models of the payment endpoints: ePay's field names live here and nowhere else."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tolem import fields
+from tolem.errors import FORMAT_ERROR
+
+_TEXT_LIMITS = {
+    "name": 200,
+    "description": 1000,
+    "account_id": 100,
+    "email": 200,
+    "phone": 50,
+    "invoice_id_alt": 15,
+    "payment_type": 32,
+    "terminal_id": 36,
+    "data": 4000,
+}
+
+
+class CryptopayBody(BaseModel):
+    """``POST /payment/cryptopay`` (EPAY.md section 5)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    amount: Decimal = Field(description="Amount, a JSON number or numeric string.")
+    currency: str = Field(description="ISO 4217 letter code, e.g. KZT.")
+    name: str = Field(description="Cardholder name.")
+    cryptogram: str = Field(
+        validation_alias=AliasChoices("cryptogram", "\u0441ryptogram"),
+        description="Card data encrypted with /public.rsa (RSA PKCS#1 v1.5, base64). "
+        "The key may also be spelled with a Cyrillic 'с'.",
+    )
+    invoice_id: str = Field(
+        validation_alias=AliasChoices("invoiceId", "invoiceID", "InvoiceID", "InvoiceId"),
+        description="Order number, 6 to 15 digits; its last 6 digits are unique per terminal.",
+    )
+    invoice_id_alt: str = Field(
+        "", validation_alias=AliasChoices("invoiceIdAlt", "invoiceIDAlt", "invoiceIdalt")
+    )
+    description: str = Field(description="Goods or services paid for.")
+    account_id: str = Field("", validation_alias=AliasChoices("accountId", "accountID"))
+    email: str = ""
+    phone: str = ""
+    post_link: str = Field(
+        "",
+        validation_alias=AliasChoices("postLink", "postlink"),
+        description="Where the result is posted; defaults to the token's postLink.",
+    )
+    failure_post_link: str = Field(
+        "", validation_alias=AliasChoices("failurePostLink", "failurepostlink")
+    )
+    card_save: bool = Field(False, validation_alias=AliasChoices("cardSave", "cardsave"))
+    data: str = Field("", description="Free text (often JSON) echoed in reports.")
+    language: str = Field("rus", description="rus, kaz or eng (any case, RU/KZ/EN too).")
+    terminal_id: str = Field("", validation_alias=AliasChoices("terminalId", "terminalID"))
+    payment_type: str = Field("", validation_alias=AliasChoices("paymentType", "paymenttype"))
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amount(cls, value: Any) -> Decimal:
+        return fields.amount(value)
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _currency(cls, value: Any) -> str:
+        return fields.currency(value)
+
+    @field_validator("invoice_id", mode="before")
+    @classmethod
+    def _invoice(cls, value: Any) -> str:
+        return fields.invoice(value)
+
+    @field_validator("invoice_id_alt", mode="before")
+    @classmethod
+    def _invoice_alt(cls, value: Any) -> str:
+        if value in (None, ""):
+            return ""
+        return fields.invoice(value, "invoiceIdAlt")
+
+    @field_validator("cryptogram", mode="before")
+    @classmethod
+    def _cryptogram(cls, value: Any) -> str:
+        return fields.text(value, "cryptogram", max_length=8192, required=True)
+
+    @field_validator("name", "description", mode="before")
+    @classmethod
+    def _required_text(cls, value: Any, info: Any) -> str:
+        return fields.text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name],
+                           required=True)  # fmt: skip
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _data(cls, value: Any) -> str:
+        if isinstance(value, dict | list):
+            value = json.dumps(value, ensure_ascii=False, default=str)
+        return fields.text(value, "data", max_length=_TEXT_LIMITS["data"])
+
+    @field_validator(
+        "account_id", "email", "phone", "terminal_id", "payment_type", mode="before"
+    )
+    @classmethod
+    def _optional_text(cls, value: Any, info: Any) -> str:
+        return fields.text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name])
+
+    @field_validator("post_link", "failure_post_link", mode="before")
+    @classmethod
+    def _link(cls, value: Any, info: Any) -> str:
+        return fields.link(value, info.field_name)
+
+    @field_validator("card_save", mode="before")
+    @classmethod
+    def _bool(cls, value: Any) -> bool:
+        return fields.boolean(value, "cardSave")
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language(cls, value: Any) -> str:
+        return fields.language(value)
+
+
+_WIRE_NAMES = {
+    name: (info.validation_alias.choices[0] if isinstance(info.validation_alias, AliasChoices)
+           else name)  # fmt: skip
+    for name, info in CryptopayBody.model_fields.items()
+}
+
+
+def parse_cryptopay(data: dict[str, Any]) -> CryptopayBody:
+    """Validate a body, or raise :class:`fields.FieldError` for its first problem."""
+    try:
+        return CryptopayBody.model_validate(data)
+    except ValidationError as exc:
+        raise _field_error(exc) from None
+
+
+def _field_error(exc: ValidationError) -> fields.FieldError:
+    first = exc.errors()[0]
+    loc = first.get("loc") or ("body",)
+    wire_name = _WIRE_NAMES.get(str(loc[0]), str(loc[0]))
+    original = (first.get("ctx") or {}).get("error")
+    if isinstance(original, fields.FieldError):
+        return fields.FieldError(_WIRE_NAMES.get(original.field, original.field),
+                                 str(original).split(": ", 1)[-1], code=original.code)  # fmt: skip
+    if first.get("type") == "missing":
+        return fields.FieldError(wire_name, "is required", code=FORMAT_ERROR)
+    return fields.FieldError(wire_name, str(first.get("msg", "invalid")), code=FORMAT_ERROR)

@@ -1,0 +1,199 @@
+"""Card payments: from a checked request to a final status.
+
+The order of work never holds a database transaction across a network call:
+
+1. claim — one write transaction checks the terminal and inserts the transaction as
+   NEW, taking the invoice (a unique constraint: concurrent claims of one invoice
+   cannot both succeed);
+2. authorize — the acquirer is called with the transaction id as its idempotency
+   reference, outside any transaction;
+3. finish — one write transaction records the outcome and its history line; the
+   postLink notification joins this transaction when notifications land.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tolem import carddata, reasons
+from tolem.db.base import utcnow
+from tolem.errors import API_ERROR, BadRequest, PaymentDeclined
+from tolem.merchants import service as merchants
+from tolem.merchants.models import Terminal
+from tolem.oauth.tokens import AccessToken
+from tolem.payments.models import Status, Transaction, TransactionEvent
+from tolem.payments.schemas import CryptopayBody
+from tolem.processor.base import Acquirer, AuthorizationRequest, Card, ProcessorResult
+
+log = logging.getLogger("tolem.payments")
+
+
+@dataclass(frozen=True)
+class PaymentContext:
+    token: AccessToken
+    ip: str
+
+
+def _reject(message: str, body: CryptopayBody, *, code: int = API_ERROR) -> BadRequest:
+    return BadRequest(message, code=code, **_invoice_fields(body.invoice_id, body.account_id))
+
+
+def _invoice_fields(invoice_id: str, account_id: str, tx_id: str = "") -> dict[str, str]:
+    return {"invoiceId": invoice_id, "id": tx_id, "reference": "", "accountId": account_id}
+
+
+def check_binding(token: AccessToken, body: CryptopayBody, card_terminal: str) -> str:
+    """The terminal this payment runs on, after checking it against the token's binding."""
+    if token.invoice_id and token.invoice_id != body.invoice_id:
+        raise _reject(f"the token is bound to invoice {token.invoice_id}", body)
+    if token.amount is not None and token.amount != body.amount:
+        raise _reject(f"the token is bound to amount {token.amount}", body, code=470)
+    if token.currency and token.currency != body.currency:
+        raise _reject(f"the token is bound to currency {token.currency}", body)
+    terminal_id = token.terminal_id or body.terminal_id or card_terminal
+    if body.terminal_id and body.terminal_id != terminal_id:
+        raise _reject("terminalId does not match the token's terminal", body, code=487)
+    if card_terminal != terminal_id:
+        raise _reject("the cryptogram names another terminal", body, code=487)
+    return terminal_id
+
+
+def claim(
+    session: Session, ctx: PaymentContext, body: CryptopayBody, terminal_id: str, card: Card,
+    fingerprint_key: bytes,
+) -> tuple[Transaction, Terminal]:  # fmt: skip
+    terminal = merchants.terminal_of(session, ctx.token.merchant_id, terminal_id)
+    if terminal is None:
+        raise _reject("terminal not found for this client", body, code=464)
+    if not terminal.accepts(body.currency):
+        raise _reject(f"the terminal does not accept {body.currency}", body)
+    token = ctx.token
+    tx = Transaction(
+        merchant_id=token.merchant_id,
+        terminal_id=terminal.id,
+        invoice_id=body.invoice_id,
+        invoice_claim=body.invoice_id[-6:],
+        invoice_id_alt=body.invoice_id_alt,
+        amount=body.amount,
+        currency=body.currency,
+        status=Status.NEW.value,
+        payment_type=body.payment_type or "card",
+        description=body.description,
+        account_id=body.account_id,
+        email=body.email,
+        phone=body.phone,
+        payer_name=body.name,
+        language=body.language,
+        data=body.data,
+        ip=ctx.ip,
+        post_link=body.post_link or token.post_link,
+        failure_post_link=body.failure_post_link or token.failure_post_link,
+        secret_hash=token.secret_hash,
+        card_mask=carddata.mask(card.pan),
+        card_fingerprint=carddata.fingerprint(fingerprint_key, card.pan),
+        card_type=carddata.brand(card.pan),
+    )
+    session.add(tx)
+    try:
+        session.flush()
+    except IntegrityError:
+        raise _reject(
+            f"invoice {body.invoice_id} is already used on this terminal "
+            "(its last six digits must be unique)",
+            body,
+        ) from None
+    session.add(_event(tx, "created"))
+    return tx, terminal
+
+
+def _event(tx: Transaction, kind: str, detail: str = "") -> TransactionEvent:
+    return TransactionEvent(
+        transaction_id=tx.id,
+        kind=kind,
+        status=tx.status,
+        amount=tx.amount,
+        reason_code=tx.reason_code,
+        detail=detail,
+    )
+
+
+def authorize(
+    acquirer: Acquirer, tx: Transaction, terminal: Terminal, card: Card
+) -> ProcessorResult | None:
+    """Ask the acquirer; None when it could not be reached (the outcome is unknown)."""
+    request = AuthorizationRequest(
+        reference=tx.id,
+        terminal_id=terminal.id,
+        amount=tx.amount,
+        currency=tx.currency,
+        card=card,
+        capture=not terminal.two_step,
+    )
+    try:
+        return acquirer.authorize(request)
+    except Exception:
+        log.exception("acquirer unreachable for transaction %s", tx.id)
+        return None
+
+
+def finish(session: Session, tx: Transaction, result: ProcessorResult, *, capture: bool) -> None:
+    """Record the acquirer's answer; only a transaction still NEW can be finished."""
+    now = utcnow()
+    if result.approved:
+        status = Status.CHARGE if capture else Status.AUTH
+        values: dict[str, object] = {
+            "status": status.value,
+            "reason_code": 0,
+            "reason": reasons.message(0),
+            "reference": result.rrn,
+            "approval_code": result.approval_code,
+            "int_reference": result.int_reference,
+            "issuer": result.issuer,
+            "amount_charged": tx.amount if capture else Decimal("0.00"),
+            "updated_at": now,
+        }
+    else:
+        values = {
+            "status": Status.FAILED.value,
+            "reason_code": result.reason_code,
+            "reason": reasons.message(result.reason_code),
+            "issuer": result.issuer,
+            "invoice_claim": None,  # a declined order may be retried with its invoice
+            "updated_at": now,
+        }
+    done = session.execute(
+        update(Transaction)
+        .where(Transaction.id == tx.id, Transaction.status == Status.NEW.value)
+        .values(**values)
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise BadRequest("transaction is no longer in progress", code=469)
+    for key, value in values.items():
+        setattr(tx, key, value)
+    session.add(_event(tx, "authorized" if result.approved else "declined"))
+    log.info(
+        "payment %s invoice=%s card=%s status=%s code=%s",
+        tx.id, tx.invoice_id, tx.card_mask, tx.status, tx.reason_code,
+    )  # fmt: skip
+
+
+def declined(tx: Transaction) -> PaymentDeclined:
+    return PaymentDeclined(
+        reasons.message(tx.reason_code),
+        code=tx.reason_code,
+        **_invoice_fields(tx.invoice_id, tx.account_id, tx.id),
+    )
+
+
+def unreachable(tx: Transaction) -> PaymentDeclined:
+    return PaymentDeclined(
+        "The processor did not answer; the outcome will be settled by a status check",
+        code=458,
+        **_invoice_fields(tx.invoice_id, tx.account_id, tx.id),
+    )

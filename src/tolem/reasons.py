@@ -1,0 +1,78 @@
+"""ePay reason codes (EPAY.md section 11): the ``code`` of a failed payment."""
+
+from __future__ import annotations
+
+SUCCESS = 0
+
+REASONS: dict[int, str] = {
+    454: "Operation failed, the amount may be blocked",
+    455: "3-D Secure unavailable or wrong card number",
+    456: "Cannot pay with this card",
+    457: "Invalid expiry date",
+    458: "Server not responding",
+    459: "Server not responding",
+    460: "Error, the amount may be blocked",
+    461: "System error",
+    462: "Declined by the issuer, call your bank",
+    463: "Declined by the issuer, call your bank",
+    464: "Invalid merchant",
+    465: "Card restricted",
+    466: "Declined by the issuer, call your bank",
+    467: "Card disabled",
+    469: "Invalid transaction",
+    470: "Invalid amount",
+    471: "No such card",
+    472: "Invalid card number",
+    473: "3-D Secure authentication failed",
+    475: "Transaction unsuccessful",
+    476: "No action taken, retry after 30 minutes",
+    477: "Format error",
+    478: "Expired card",
+    479: "Restricted card",
+    480: "Call the issuer",
+    481: "Lost card",
+    482: "Lost card",
+    483: "Stolen card",
+    484: "Insufficient funds",
+    485: "Expired card",
+    486: "Not permitted to client",
+    487: "Not permitted to merchant",
+    488: "Exceeds amount limit",
+    489: "Restricted card",
+    490: "Payments banned on this card",
+    491: "Exceeds frequency limit",
+    492: "Card blocked, wrong PIN",
+    493: "Issuer time-out",
+    494: "Issuer unavailable",
+    495: "Prohibited, use another card",
+    496: "3-D Secure code absent",
+    497: "Server not responding",
+    498: "Bonus payment unavailable",
+    499: "3-D Secure code wrong or not entered",
+    500: "Server not responding",
+    501: "Card servicing error",
+    502: "Server not responding",
+    503: "Server not responding",
+    504: "Time-out",
+    505: "More than 3 transactions",
+    521: "Declined by your bank",
+    522: "Record not found",
+    523: "Declined by your bank",
+    524: "Card invalid",
+    525: "Card invalid",
+    526: "System error",
+    527: "Declined by your bank",
+    529: "Daily terminal limit",
+    1373: "No saved cards",
+    1612: "Country check failed",
+    1636: "Card owner unknown",
+    1654: "OTP check failed",
+    1759: "Transaction could not be performed",
+    2092: "Cannot pay with this card",
+}
+
+
+def message(code: int) -> str:
+    if code == SUCCESS:
+        return "success"
+    return REASONS.get(code, "Transaction unsuccessful")

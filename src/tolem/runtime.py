@@ -1,0 +1,46 @@
+"""What a running gateway holds: settings, database, keys and the acquirer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from tolem.config import Settings
+from tolem.db.engine import Database
+from tolem.keys import Keyring, load_keyring
+from tolem.oauth.tokens import TokenSealer
+from tolem.processor.base import Acquirer
+from tolem.processor.simulator import Simulator
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    db: Database
+    keys: Keyring
+    sealer: TokenSealer
+    acquirer: Acquirer
+
+    @classmethod
+    def start(cls, settings: Settings) -> Runtime:
+        keys = load_keyring(settings)
+        db = Database(
+            settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
+        )
+        return cls(
+            settings=settings,
+            db=db,
+            keys=keys,
+            sealer=TokenSealer(keys.token_key),
+            acquirer=Simulator(db),
+        )
+
+    def close(self) -> None:
+        self.db.dispose()
+
+
+def runtime(request: Request) -> Runtime:
+    """FastAPI dependency: the gateway this request runs in."""
+    value: Runtime = request.app.state.runtime
+    return value
