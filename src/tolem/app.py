@@ -53,9 +53,7 @@ class BodyLimit:
             await self._refuse(send)
 
     async def _refuse(self, send: Send) -> None:
-        body = wire.dumps(
-            {"code": 477, "message": f"request body larger than {self.limit} bytes"}
-        )
+        body = wire.dumps({"code": 477, "message": f"request body larger than {self.limit} bytes"})
         await send(
             {
                 "type": "http.response.start",

@@ -40,8 +40,9 @@ class Settings(BaseSettings):
         "empty means `http://<host>:<port>`.",
     )
     rsa_key_bits: int = Field(
-        2048, description="Size of the cryptogram RSA key generated in sandbox mode: "
-        "2048, 3072 or 4096 (the live service uses 4096)."
+        2048,
+        description="Size of the cryptogram RSA key generated in sandbox mode: "
+        "2048, 3072 or 4096 (the live service uses 4096).",
     )
     rsa_private_key_file: Path | None = Field(
         None, description="PEM file of the cryptogram RSA private key (required in production)."

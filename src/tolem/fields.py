@@ -91,10 +91,14 @@ def text(value: Any, field: str, *, max_length: int, required: bool = False) -> 
 
 
 LANGUAGES = {
-    "rus": "rus", "ru": "rus",
-    "kaz": "kaz", "kz": "kaz", "kk": "kaz",
-    "eng": "eng", "en": "eng",
-}  # fmt: skip
+    "rus": "rus",
+    "ru": "rus",
+    "kaz": "kaz",
+    "kz": "kaz",
+    "kk": "kaz",
+    "eng": "eng",
+    "en": "eng",
+}
 
 
 def language(value: Any) -> str:

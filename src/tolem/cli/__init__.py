@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -51,8 +51,12 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (env TOLEM_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (env TOLEM_PORT).")] = None,
     database_url: DatabaseUrl = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes (env TOLEM_WORKERS).")] = None,
-    mode: Annotated[Mode | None, typer.Option(help="sandbox or production (env TOLEM_MODE).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (env TOLEM_WORKERS).")
+    ] = None,
+    mode: Annotated[
+        Mode | None, typer.Option(help="sandbox or production (env TOLEM_MODE).")
+    ] = None,
 ) -> None:
     """Run the gateway."""
     import uvicorn
@@ -135,10 +139,17 @@ def merchant_create(
     finally:
         db.dispose()
     if as_json:
-        typer.echo(json.dumps({
-            "merchantId": creds.merchant_id, "name": creds.name, "clientId": creds.client_id,
-            "clientSecret": creds.client_secret, "terminalId": creds.terminal_id,
-        }))  # fmt: skip
+        typer.echo(
+            json.dumps(
+                {
+                    "merchantId": creds.merchant_id,
+                    "name": creds.name,
+                    "clientId": creds.client_id,
+                    "clientSecret": creds.client_secret,
+                    "terminalId": creds.terminal_id,
+                }
+            )
+        )
         return
     console.print(f"Merchant [bold]{creds.name}[/bold] created.")
     console.print(f"  ClientID      {creds.client_id}")
@@ -161,7 +172,7 @@ def merchant_list(
     try:
         upgrade(db)
         with db.read() as session:
-            rows = [
+            rows: list[dict[str, Any]] = [
                 {
                     "name": m.name,
                     "clientId": m.client_id,
@@ -180,11 +191,14 @@ def merchant_list(
         return
     table = Table("Name", "ClientID", "TerminalID", "Steps", "Currencies")
     for row in rows:
-        for terminal in row["terminals"]:  # type: ignore[attr-defined]
+        for terminal in row["terminals"]:
             table.add_row(
-                str(row["name"]), str(row["clientId"]), terminal["id"],
-                "two" if terminal["twoStep"] else "one", " ".join(terminal["currencies"]),
-            )  # fmt: skip
+                str(row["name"]),
+                str(row["clientId"]),
+                terminal["id"],
+                "two" if terminal["twoStep"] else "one",
+                " ".join(terminal["currencies"]),
+            )
     console.print(table)
 
 
@@ -195,21 +209,31 @@ def cards(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
 
     rows = [
         {
-            "pan": c.pan, "expiry": c.expiry, "cvc": c.cvc, "outcome": c.outcome,
-            "reasonCode": c.reason_code, "reason": c.reason, "threeDSecure": c.three_ds,
+            "pan": c.pan,
+            "expiry": c.expiry,
+            "cvc": c.cvc,
+            "outcome": c.outcome,
+            "reasonCode": c.reason_code,
+            "reason": c.reason,
+            "threeDSecure": c.three_ds,
             "note": c.note,
         }
         for c in catalogue()
-    ]  # fmt: skip
+    ]
     if as_json:
         typer.echo(json.dumps(rows, ensure_ascii=False))
         return
     table = Table("PAN", "Expiry", "CVC", "Outcome", "Code", "3DS", "Note")
     for row in rows:
         table.add_row(
-            str(row["pan"]), str(row["expiry"]), str(row["cvc"]), str(row["outcome"]),
-            str(row["reasonCode"]), "yes" if row["threeDSecure"] else "no", str(row["note"]),
-        )  # fmt: skip
+            str(row["pan"]),
+            str(row["expiry"]),
+            str(row["cvc"]),
+            str(row["outcome"]),
+            str(row["reasonCode"]),
+            "yes" if row["threeDSecure"] else "no",
+            str(row["note"]),
+        )
     console.print(table)
     console.print(
         "Any other card: Luhn (471), expiry format (457) and date (478), CVC format (477), "
@@ -219,4 +243,3 @@ def cards(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
 
 def main() -> None:
     app()
-

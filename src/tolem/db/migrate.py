@@ -25,8 +25,7 @@ def alembic_config(db: Database) -> Config:
 def upgrade(db: Database, revision: str = "head") -> None:
     # A write transaction (BEGIN IMMEDIATE on SQLite): one migrator at a time, even
     # when several processes start together.
-    with db.engine.connect().execution_options(tolem_write=True) as connection, \
-            connection.begin():
+    with db.engine.connect().execution_options(tolem_write=True) as connection, connection.begin():
         config = alembic_config(db)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

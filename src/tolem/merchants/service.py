@@ -114,7 +114,9 @@ def terminal_of(session: Session, merchant_id: str, terminal_id: str) -> Termina
 def terminals_of(session: Session, merchant_id: str) -> list[Terminal]:
     return list(
         session.scalars(
-            select(Terminal).where(Terminal.merchant_id == merchant_id).order_by(Terminal.created_at)
+            select(Terminal)
+            .where(Terminal.merchant_id == merchant_id)
+            .order_by(Terminal.created_at)
         )
     )
 

@@ -22,9 +22,18 @@ _FORM_SCHEMA: dict[str, Any] = {
     "properties": {
         name: {"type": "string"}
         for name in (
-            "grant_type scope client_id client_secret terminal invoiceID amount currency "
-            "secret_hash postLink failurePostLink"
-        ).split()
+            "grant_type",
+            "scope",
+            "client_id",
+            "client_secret",
+            "terminal",
+            "invoiceID",
+            "amount",
+            "currency",
+            "secret_hash",
+            "postLink",
+            "failurePostLink",
+        )
     },
 }
 

@@ -39,9 +39,7 @@ def public_key(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {
-                    "schema": CryptopayBody.model_json_schema(by_alias=True)
-                }
+                "application/json": {"schema": CryptopayBody.model_json_schema(by_alias=True)}
             },
         }
     },
@@ -70,9 +68,7 @@ def _pay(rt: Runtime, data: dict[str, Any], authorization: str | None, ip: str) 
     terminal_id = service.check_binding(token, body, card_terminal)
     ctx = service.PaymentContext(token=token, ip=ip)
     with rt.db.write() as session:
-        tx, terminal = service.claim(
-            session, ctx, body, terminal_id, card, rt.keys.fingerprint_key
-        )
+        tx, terminal = service.claim(session, ctx, body, terminal_id, card, rt.keys.fingerprint_key)
     result = service.authorize(rt.acquirer, tx, terminal, card)
     if result is None:
         raise service.unreachable(tx)
@@ -85,6 +81,7 @@ def _pay(rt: Runtime, data: dict[str, Any], authorization: str | None, ip: str) 
 
 def _invoice_of(data: dict[str, Any]) -> dict[str, str]:
     """The invoice fields of an error, echoed from a body that may be malformed."""
+
     def pick(*names: str) -> str:
         for name in names:
             value = data.get(name)

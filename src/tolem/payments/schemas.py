@@ -35,7 +35,7 @@ class CryptopayBody(BaseModel):
     cryptogram: str = Field(
         validation_alias=AliasChoices("cryptogram", "\u0441ryptogram"),
         description="Card data encrypted with /public.rsa (RSA PKCS#1 v1.5, base64). "
-        "The key may also be spelled with a Cyrillic 'с'.",
+        "The key may also be spelled with a Cyrillic es (U+0441).",
     )
     invoice_id: str = Field(
         validation_alias=AliasChoices("invoiceId", "invoiceID", "InvoiceID", "InvoiceId"),
@@ -92,8 +92,9 @@ class CryptopayBody(BaseModel):
     @field_validator("name", "description", mode="before")
     @classmethod
     def _required_text(cls, value: Any, info: Any) -> str:
-        return fields.text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name],
-                           required=True)  # fmt: skip
+        return fields.text(
+            value, info.field_name, max_length=_TEXT_LIMITS[info.field_name], required=True
+        )
 
     @field_validator("data", mode="before")
     @classmethod
@@ -102,9 +103,7 @@ class CryptopayBody(BaseModel):
             value = json.dumps(value, ensure_ascii=False, default=str)
         return fields.text(value, "data", max_length=_TEXT_LIMITS["data"])
 
-    @field_validator(
-        "account_id", "email", "phone", "terminal_id", "payment_type", mode="before"
-    )
+    @field_validator("account_id", "email", "phone", "terminal_id", "payment_type", mode="before")
     @classmethod
     def _optional_text(cls, value: Any, info: Any) -> str:
         return fields.text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name])
@@ -125,9 +124,12 @@ class CryptopayBody(BaseModel):
         return fields.language(value)
 
 
-_WIRE_NAMES = {
-    name: (info.validation_alias.choices[0] if isinstance(info.validation_alias, AliasChoices)
-           else name)  # fmt: skip
+def _wire_name(name: str, alias: object) -> str:
+    return str(alias.choices[0]) if isinstance(alias, AliasChoices) else name
+
+
+_WIRE_NAMES: dict[str, str] = {
+    name: _wire_name(name, info.validation_alias)
     for name, info in CryptopayBody.model_fields.items()
 }
 
@@ -146,8 +148,11 @@ def _field_error(exc: ValidationError) -> fields.FieldError:
     wire_name = _WIRE_NAMES.get(str(loc[0]), str(loc[0]))
     original = (first.get("ctx") or {}).get("error")
     if isinstance(original, fields.FieldError):
-        return fields.FieldError(_WIRE_NAMES.get(original.field, original.field),
-                                 str(original).split(": ", 1)[-1], code=original.code)  # fmt: skip
+        return fields.FieldError(
+            _WIRE_NAMES.get(original.field, original.field),
+            str(original).split(": ", 1)[-1],
+            code=original.code,
+        )
     if first.get("type") == "missing":
         return fields.FieldError(wire_name, "is required", code=FORMAT_ERROR)
     return fields.FieldError(wire_name, str(first.get("msg", "invalid")), code=FORMAT_ERROR)

@@ -65,9 +65,13 @@ def check_binding(token: AccessToken, body: CryptopayBody, card_terminal: str) -
 
 
 def claim(
-    session: Session, ctx: PaymentContext, body: CryptopayBody, terminal_id: str, card: Card,
+    session: Session,
+    ctx: PaymentContext,
+    body: CryptopayBody,
+    terminal_id: str,
+    card: Card,
     fingerprint_key: bytes,
-) -> tuple[Transaction, Terminal]:  # fmt: skip
+) -> tuple[Transaction, Terminal]:
     terminal = merchants.terminal_of(session, ctx.token.merchant_id, terminal_id)
     if terminal is None:
         raise _reject("terminal not found for this client", body, code=464)
@@ -179,8 +183,12 @@ def finish(session: Session, tx: Transaction, result: ProcessorResult, *, captur
     session.add(_event(tx, "authorized" if result.approved else "declined"))
     log.info(
         "payment %s invoice=%s card=%s status=%s code=%s",
-        tx.id, tx.invoice_id, tx.card_mask, tx.status, tx.reason_code,
-    )  # fmt: skip
+        tx.id,
+        tx.invoice_id,
+        tx.card_mask,
+        tx.status,
+        tx.reason_code,
+    )
 
 
 def declined(tx: Transaction) -> PaymentDeclined:
