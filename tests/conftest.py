@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -37,25 +38,31 @@ def _postgres_reachable() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database for this test session."""
+@contextmanager
+def fresh_postgres(prefix: str) -> Iterator[str]:
+    """Create an empty PostgreSQL database, yield its URL, drop it afterwards."""
     problem = _postgres_reachable()
     if problem:
         if os.environ.get("TOLEM_REQUIRE_POSTGRES") == "1":
             pytest.fail(problem + " (TOLEM_REQUIRE_POSTGRES=1)")
         pytest.skip(problem)
-    name = f"tolem_test_{os.getpid()}_{secrets.token_hex(3)}"
+    name = f"{prefix}_{os.getpid()}_{secrets.token_hex(3)}"
     admin = sa.create_engine(postgres_admin_url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(postgres_admin_url()).set(database=name)
     try:
-        yield url.render_as_string(hide_password=False)
+        yield sa.make_url(postgres_admin_url()).set(database=name).render_as_string(False)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for this test session."""
+    with fresh_postgres("tolem_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
@@ -78,3 +85,13 @@ def gateway(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     data_dir: Path = tmp_path_factory.mktemp("gateway")
     with start_gateway(data_dir, database_url) as gw:
         yield gw
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def postgres_or_sqlite_empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database, not shared with any gateway."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    with fresh_postgres("tolem_empty") as url:
+        yield url

@@ -1,7 +1,7 @@
 """The simulator's cards: ePay's published test cards and one trigger card per reason code.
 
 Trigger scheme: ``40000000`` + the reason code in four digits + ``000`` + a Luhn
-check digit, e.g. ``4000000004840005`` declines with 484 (insufficient funds). Any
+check digit, e.g. ``4000000004840007`` declines with 484 (insufficient funds). Any
 expiry and any CVC; ``tolem cards`` prints them all.
 """
 
