@@ -121,3 +121,48 @@ def test_db_upgrade_and_merchant_create_refuse_bad_input(tmp_path: Path) -> None
     assert upgraded.returncode == 0, upgraded.stderr
     blank = tolem("merchant", "create", "--name", "  ", "--database-url", url)
     assert blank.returncode != 0 and "name" in blank.stderr.lower()
+
+
+def test_production_mode_refuses_to_start_without_keys_or_acquirer(tmp_path: Path) -> None:
+    result = tolem("serve", "--mode", "production", "--port", "1", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    out = result.stdout + result.stderr
+    assert "TOLEM_RSA_PRIVATE_KEY_FILE" in out and "TOLEM_TOKEN_KEY" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / ".tolem" / "keys").exists()  # production never generates keys
+
+
+def test_production_mode_with_keys_still_needs_an_acquirer(tmp_path: Path) -> None:
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "rsa.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    env = {
+        **os.environ,
+        "TOLEM_MODE": "production",
+        "TOLEM_RSA_PRIVATE_KEY_FILE": str(pem),
+        "TOLEM_TOKEN_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "TOLEM_FINGERPRINT_KEY": base64.b64encode(os.urandom(32)).decode(),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "tolem", "serve", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "TOLEM_ACQUIRER" in result.stdout + result.stderr

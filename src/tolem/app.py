@@ -11,6 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tolem import __version__, wire
+from tolem.apidocs import install_docs
 from tolem.config import Settings
 from tolem.errors import install_handlers
 from tolem.oauth.endpoints import router as oauth_router
@@ -31,9 +32,13 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
         for name, value in scope["headers"]:
-            if name == b"content-length" and (not value.isdigit() or int(value) > self.limit):
-                await self._refuse(send)
+            if name == b"content-length" and not value.isdigit():
+                await _refuse(send, path, 400, "invalid Content-Length header")
+                return
+            if name == b"content-length" and int(value) > self.limit:
+                await _refuse(send, path, 413, f"request body larger than {self.limit} bytes")
                 return
         received = 0
         limit = self.limit
@@ -44,32 +49,32 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise _TooLarge
+                    raise wire.BodyTooLarge
             return message
 
         try:
             await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        body = wire.dumps({"code": 477, "message": f"request body larger than {self.limit} bytes"})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        except wire.BodyTooLarge:
+            await _refuse(send, path, 413, f"request body larger than {self.limit} bytes")
 
 
-class _TooLarge(Exception):
-    pass
+async def _refuse(send: Send, path: str, status: int, message: str) -> None:
+    content: dict[str, object] = {"code": 477, "message": message}
+    if "/payment/" in path:  # payment errors always carry ePay's invoice fields
+        content |= {"invoiceId": "", "id": "", "reference": "", "accountId": ""}
+    body = wire.dumps(content)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 def api_router() -> APIRouter:
@@ -102,8 +107,11 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         description="A payment gateway that speaks Halyk Bank ePay's merchant protocol.",
         lifespan=lifespan,
         default_response_class=wire.EpayJSONResponse,
+        docs_url=None,  # served by install_docs, without a CDN
+        redoc_url=None,
     )
     install_handlers(app)
+    install_docs(app)
     app.include_router(oauth_router)
     app.include_router(oauth_router, prefix="/epay2", include_in_schema=False)
     app.include_router(api_router())

@@ -11,7 +11,7 @@ import hmac
 
 
 def luhn_ok(pan: str) -> bool:
-    if not pan.isdigit() or not 12 <= len(pan) <= 19:
+    if not (pan.isascii() and pan.isdigit()) or not 12 <= len(pan) <= 19:
         return False
     total = 0
     for i, ch in enumerate(reversed(pan)):

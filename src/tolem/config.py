@@ -57,6 +57,12 @@ class Settings(BaseSettings):
         description="Base64 of 32 random bytes keying card fingerprints "
         "(required in production; sandbox generates one in data_dir).",
     )
+    acquirer: str = Field(
+        "",
+        description="Import path `module:factory` of the acquirer connector for non-test "
+        "terminals; the factory is called with (settings, database). Required in production "
+        "mode; sandbox mode sends every payment to the simulator.",
+    )
     token_ttl: int = Field(7200, ge=60, le=86400, description="Access token lifetime, seconds.")
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(

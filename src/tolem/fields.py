@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
-INVOICE_RE = re.compile(r"\d{6,15}")
+INVOICE_RE = re.compile(r"[0-9]{6,15}")  # ASCII digits: \d also takes "١٢٣"
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
 MAX_AMOUNT = Decimal("999999999999.99")
 
@@ -36,11 +36,12 @@ def amount(value: Any, field: str = "amount", *, allow_zero: bool = False) -> De
         raise FieldError(field, "must be a number", code=470)
     if parsed < 0 or (parsed == 0 and not allow_zero):
         raise FieldError(field, "must be greater than zero", code=470)
-    if parsed != parsed.quantize(Decimal("0.01")):
-        raise FieldError(field, "at most two decimal places", code=470)
-    if parsed > MAX_AMOUNT:
+    if parsed > MAX_AMOUNT:  # before quantize, which cannot represent 1e400 at 0.01
         raise FieldError(field, "too large", code=470)
-    return parsed.quantize(Decimal("0.01"))
+    cents = parsed.quantize(Decimal("0.01"))
+    if parsed != cents:
+        raise FieldError(field, "at most two decimal places", code=470)
+    return cents
 
 
 def invoice(value: Any, field: str = "invoiceId") -> str:
@@ -53,7 +54,11 @@ def invoice(value: Any, field: str = "invoiceId") -> str:
 
 
 def currency(value: Any, field: str = "currency") -> str:
-    if not isinstance(value, str) or not CURRENCY_RE.fullmatch(value.strip().upper()):
+    if (
+        not isinstance(value, str)
+        or not value.isascii()  # "ßk".upper() is "SSK"
+        or not CURRENCY_RE.fullmatch(value.strip().upper())
+    ):
         raise FieldError(field, "must be a three-letter ISO 4217 code such as KZT")
     return value.strip().upper()
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from tolem.config import Settings
 
 
-class KeyError_(RuntimeError):
+class KeyConfigError(RuntimeError):
     """A key is missing or unreadable; the message says which and how to fix it."""
 
 
@@ -56,7 +56,7 @@ def _configured_keyring(settings: Settings) -> Keyring:
         if not value
     ]
     if missing:
-        raise KeyError_("production mode needs " + ", ".join(missing))
+        raise KeyConfigError("production mode needs " + ", ".join(missing))
     assert settings.rsa_private_key_file is not None
     return Keyring(
         rsa_private=_read_rsa(settings.rsa_private_key_file),
@@ -113,9 +113,9 @@ def _read_rsa(path: Path) -> rsa.RSAPrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise KeyError_(f"cannot read the RSA private key {path}: {exc}") from exc
+        raise KeyConfigError(f"cannot read the RSA private key {path}: {exc}") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise KeyError_(f"{path} is not an RSA private key")
+        raise KeyConfigError(f"{path} is not an RSA private key")
     return key
 
 
@@ -123,7 +123,7 @@ def _decode_key(name: str, value: str) -> bytes:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise KeyError_(f"{name} is not base64") from exc
+        raise KeyConfigError(f"{name} is not base64") from exc
     if len(raw) < 32:
-        raise KeyError_(f"{name} must hold at least 32 bytes")
+        raise KeyConfigError(f"{name} must hold at least 32 bytes")
     return raw

@@ -24,15 +24,27 @@ def redact(text: str) -> str:
 
 
 class RedactCards(logging.Filter):
+    """Mask card numbers in the message, the traceback and the stack of a record."""
+
+    _formatter = logging.Formatter()
+
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text when it is set, so the clean text is what prints.
+            record.exc_text = self._formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
         return True
 
 
 def configure_logging(settings: Settings) -> None:
+    """tolem's and uvicorn's records through one redacting handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s %(process)d %(message)s")

@@ -9,7 +9,9 @@ from starlette.requests import Request
 from tolem.config import Settings
 from tolem.db.engine import Database
 from tolem.keys import Keyring, load_keyring
+from tolem.merchants.models import Terminal
 from tolem.oauth.tokens import TokenSealer
+from tolem.processor import load_acquirer
 from tolem.processor.base import Acquirer
 from tolem.processor.simulator import Simulator
 
@@ -20,7 +22,8 @@ class Runtime:
     db: Database
     keys: Keyring
     sealer: TokenSealer
-    acquirer: Acquirer
+    simulator: Simulator
+    acquirer: Acquirer | None  # the live connector; None in sandbox mode
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -28,13 +31,25 @@ class Runtime:
         db = Database(
             settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
+        try:
+            acquirer = load_acquirer(settings, db)
+        except BaseException:
+            db.dispose()
+            raise
         return cls(
             settings=settings,
             db=db,
             keys=keys,
             sealer=TokenSealer(keys.token_key),
-            acquirer=Simulator(db),
+            simulator=Simulator(db),
+            acquirer=acquirer,
         )
+
+    def acquirer_for(self, terminal: Terminal) -> Acquirer:
+        """Test terminals pay through the simulator, the others through the connector."""
+        if terminal.is_test or self.acquirer is None:
+            return self.simulator
+        return self.acquirer
 
     def close(self) -> None:
         self.db.dispose()

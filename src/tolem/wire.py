@@ -48,6 +48,10 @@ def json_response(
     return EpayJSONResponse(content, status_code=status_code, headers=headers)
 
 
+class BodyTooLarge(Exception):
+    """Raised while a body is read past the limit; the BodyLimit middleware answers 413."""
+
+
 class BodyError(ValueError):
     def __init__(self, message: str, *, too_large: bool = False) -> None:
         super().__init__(message)
@@ -84,7 +88,47 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise BodyError("body is not valid JSON") from exc
     if not isinstance(value, dict):
         raise BodyError("body must be a JSON object")
+    problem = _strings_problem(value)
+    if problem:
+        raise BodyError(problem)
     return value
+
+
+def text_problem(text: str) -> str | None:
+    """Why a string cannot be stored or sent back: a NUL character or a lone surrogate.
+
+    PostgreSQL refuses NUL in text and no database or JSON writer takes a lone
+    surrogate (``"\\ud800"`` is valid JSON but not valid Unicode).
+    """
+    if "\x00" in text:
+        return "strings must not contain NUL (\\u0000) characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "strings must be valid Unicode (a lone surrogate \\ud800-\\udfff was sent)"
+    return None
+
+
+def _strings_problem(value: Any) -> str | None:
+    """The first :func:`text_problem` of any key or string value in a parsed JSON body."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            strings: Any = (item,)
+        elif isinstance(item, dict):
+            strings = item.keys()
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+            continue
+        else:
+            continue
+        for text in strings:
+            problem = text_problem(text)
+            if problem:
+                return f"body is not acceptable JSON: {problem}"
+    return None
 
 
 def _depth_exceeds(raw: bytes, limit: int) -> bool:

@@ -38,11 +38,16 @@ def _settings(database_url: str | None = None, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+def _data_dir(settings: Settings) -> None:
+    # Owner-only: the database and the sandbox keys live here.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
 def _database(settings: Settings):  # type: ignore[no-untyped-def]
     from tolem.db.engine import Database
 
     if settings.effective_database_url.startswith("sqlite"):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _data_dir(settings)
     return Database(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
 
 
@@ -62,16 +67,22 @@ def serve(
     import uvicorn
 
     from tolem.db.migrate import prepare_database
-    from tolem.keys import load_keyring
+    from tolem.keys import KeyConfigError, load_keyring
     from tolem.logs import configure_logging
+    from tolem.processor import AcquirerConfigError, load_acquirer
 
     settings = _settings(database_url, host=host, port=port, workers=workers, mode=mode)
     configure_logging(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    load_keyring(settings)  # generate sandbox keys once, before workers start
+    _data_dir(settings)
     db = _database(settings)
     try:
+        # Fail here, once and clearly, not in every worker.
+        load_keyring(settings)  # sandbox: generates the keys before workers start
+        load_acquirer(settings, db)
         prepare_database(db, sandbox=settings.is_sandbox)
+    except (KeyConfigError, AcquirerConfigError) as exc:
+        console.print(f"[red]tolem cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
     finally:
         db.dispose()
     # Workers read their settings from the environment.
@@ -120,6 +131,13 @@ def merchant_create(
     one_step: Annotated[
         bool, typer.Option("--one-step", help="Charge at once (status CHARGE), not AUTH.")
     ] = False,
+    test_terminal: Annotated[
+        bool,
+        typer.Option(
+            "--test-terminal",
+            help="Pay through the simulator even in production mode (always so in sandbox).",
+        ),
+    ] = False,
     database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -133,7 +151,12 @@ def merchant_create(
         upgrade(db)
         try:
             with db.write() as session:
-                creds = create_merchant(session, name, two_step=not one_step)
+                creds = create_merchant(
+                    session,
+                    name,
+                    two_step=not one_step,
+                    is_test=settings.is_sandbox or test_terminal,
+                )
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--name") from exc
     finally:

@@ -25,6 +25,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int 
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=pool_size,
             max_overflow=pool_size * 2,
+            hide_parameters=True,  # a failed statement's values stay out of the logs
         )
         _configure_sqlite(engine, sqlite_synchronous)
         return engine
@@ -78,12 +79,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only transaction: always rolled back."""
+        """A read-only transaction, ended without commit.
+
+        Closing (not rolling back) the session ends the transaction and detaches what
+        was loaded without expiring it, so the objects stay readable afterwards.
+        """
         with self._sessions() as session:
-            try:
-                yield session
-            finally:
-                session.rollback()
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -7,12 +7,26 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import Connection, text
 
 from tolem.db.engine import Database
 
 log = logging.getLogger("tolem.db")
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+# Any constant: the PostgreSQL advisory lock that serialises migrators and seeders.
+_SCHEMA_LOCK = 0x746F6C656D  # "tolem"
+
+
+def serialise(connection: Connection) -> None:
+    """Hold the schema lock until this transaction ends.
+
+    Several gateway processes may start at once: on SQLite the write transaction
+    (BEGIN IMMEDIATE) already queues them; PostgreSQL needs an advisory lock.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
 
 
 def alembic_config(db: Database) -> Config:
@@ -26,6 +40,7 @@ def upgrade(db: Database, revision: str = "head") -> None:
     # A write transaction (BEGIN IMMEDIATE on SQLite): one migrator at a time, even
     # when several processes start together.
     with db.engine.connect().execution_options(tolem_write=True) as connection, connection.begin():
+        serialise(connection)
         config = alembic_config(db)
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
@@ -38,5 +53,6 @@ def prepare_database(db: Database, *, sandbox: bool) -> None:
     upgrade(db)
     if sandbox:
         with db.write() as session:
+            serialise(session.connection())
             if seed_sandbox(session):
                 log.info("seeded ePay's public test merchant (ClientID 'test')")

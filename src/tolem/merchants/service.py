@@ -52,6 +52,7 @@ def create_merchant(
     terminal_id: str | None = None,
     two_step: bool = True,
     currencies: str = "KZT USD",
+    is_test: bool = True,
 ) -> Credentials:
     name = name.strip()
     if not name:
@@ -68,7 +69,11 @@ def create_merchant(
     session.add(merchant)
     session.flush()
     terminal = Terminal(
-        merchant_id=merchant.id, name=name, two_step=two_step, currencies=currencies
+        merchant_id=merchant.id,
+        name=name,
+        two_step=two_step,
+        currencies=currencies,
+        is_test=is_test,
     )
     if terminal_id:
         terminal.id = terminal_id

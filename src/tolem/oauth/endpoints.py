@@ -47,14 +47,25 @@ async def _form(request: Request) -> dict[str, str]:
             raise TokenError("invalid_request", str(exc)) from exc
         return {k: "" if v is None else str(v) for k, v in data.items()}
     try:
-        form = await request.form(max_files=0, max_fields=64)
+        # One file is let through so that it gets the clear refusal below rather than
+        # "Too many files"; the body limit bounds what is spooled.
+        form = await request.form(max_files=1, max_fields=64)
+    except wire.BodyTooLarge:
+        raise  # the BodyLimit middleware answers 413
     except Exception as exc:  # malformed multipart and friends; the message says why
-        raise TokenError("invalid_request", f"unreadable form body: {exc}") from exc
+        detail = getattr(exc, "detail", None) or exc  # starlette wraps it in HTTPException
+        raise TokenError("invalid_request", f"unreadable form body: {detail}") from exc
     result: dict[str, str] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, UploadFile):
-            raise TokenError("invalid_request", f"{key}: files are not accepted")
-        result.setdefault(key, value)
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                raise TokenError("invalid_request", f"{key}: files are not accepted")
+            problem = wire.text_problem(key) or wire.text_problem(value)
+            if problem:
+                raise TokenError("invalid_request", f"form field {key!r}: {problem}")
+            result.setdefault(key, value)
+    finally:
+        await form.close()
     return result
 
 

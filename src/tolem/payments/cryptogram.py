@@ -3,8 +3,7 @@
 ``{"hpan":"4405639704015096","expDate":"0125","cvc":"815","terminalId":"…"}``
 
 Decryption errors are reported without detail that could serve as a padding oracle:
-with OpenSSL's implicit rejection a tampered ciphertext decrypts to noise, which then
-fails as JSON; both answers carry the same code.
+a wrong length, bad padding and a plaintext that is not JSON get the same answer.
 """
 
 from __future__ import annotations
@@ -18,15 +17,23 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from tolem.processor.base import Card
+from tolem.wire import text_problem
 
-_PAN_RE = re.compile(r"\d{12,19}")
-_EXP_RE = re.compile(r"\d{4}")
-_CVC_RE = re.compile(r"\d{1,4}")
+# ASCII digits only: \d also matches other scripts' digits, which int() then accepts.
+_PAN_RE = re.compile(r"[0-9]{12,19}")
+_EXP_RE = re.compile(r"[0-9]{4}")
+_CVC_RE = re.compile(r"[0-9]{1,4}")
 _WHITESPACE = re.compile(r"\s+")
 
 
 class CryptogramError(ValueError):
     pass
+
+
+_UNREADABLE = (
+    "cryptogram does not decrypt to card data: encrypt the JSON with this gateway's "
+    "/public.rsa, RSA PKCS#1 v1.5"
+)
 
 
 def encrypt(public_key: rsa.RSAPublicKey, content: dict[str, Any]) -> str:
@@ -41,20 +48,15 @@ def decrypt(private_key: rsa.RSAPrivateKey, text: str) -> tuple[Card, str]:
         raw = base64.b64decode(_WHITESPACE.sub("", text), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise CryptogramError("cryptogram is not standard base64") from exc
+    # One message for every way decryption can fail (wrong length, bad padding, noise
+    # that is not JSON): distinct answers would make a padding oracle on an OpenSSL
+    # without implicit rejection.
     if len(raw) != private_key.key_size // 8:
-        raise CryptogramError(
-            "cryptogram does not decrypt: it was not made with this gateway's public key"
-        )
+        raise CryptogramError(_UNREADABLE)
     try:
-        plain = private_key.decrypt(raw, padding.PKCS1v15())
-    except ValueError as exc:
-        raise CryptogramError("cryptogram does not decrypt") from exc
-    try:
-        data = json.loads(plain)
+        data = json.loads(private_key.decrypt(raw, padding.PKCS1v15()))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CryptogramError(
-            "cryptogram does not hold JSON: was it made with this gateway's public key?"
-        ) from exc
+        raise CryptogramError(_UNREADABLE) from exc
     if not isinstance(data, dict):
         raise CryptogramError("cryptogram must hold a JSON object")
     return _card(data), _string(data, "terminalId")
@@ -64,7 +66,10 @@ def _string(data: dict[str, Any], name: str) -> str:
     value = data.get(name)
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise CryptogramError(f"cryptogram: {name} is missing or not a string")
-    return str(value).strip()
+    text = str(value).strip()
+    if len(text) > 64 or text_problem(text):
+        raise CryptogramError(f"cryptogram: {name} is not a valid value")
+    return text
 
 
 def _card(data: dict[str, Any]) -> Card:

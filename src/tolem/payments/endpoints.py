@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tolem import fields, wire
-from tolem.errors import BadRequest
+from tolem.errors import BadRequest, Unauthorized
 from tolem.oauth import service as oauth
 from tolem.payments import service
 from tolem.payments.cryptogram import CryptogramError, decrypt
@@ -56,7 +56,10 @@ async def cryptopay(request: Request, rt: Annotated[Runtime, Depends(runtime)]) 
 
 
 def _pay(rt: Runtime, data: dict[str, Any], authorization: str | None, ip: str) -> Transaction:
-    token = oauth.bearer(rt.sealer, authorization)
+    try:
+        token = oauth.bearer(rt.sealer, authorization)
+    except Unauthorized as exc:  # a payment error carries the invoice fields, 401 too
+        raise Unauthorized(exc.message, code=exc.code, **_invoice_of(data)) from None
     try:
         body = parse_cryptopay(data)
     except fields.FieldError as exc:
@@ -69,12 +72,12 @@ def _pay(rt: Runtime, data: dict[str, Any], authorization: str | None, ip: str) 
     ctx = service.PaymentContext(token=token, ip=ip)
     with rt.db.write() as session:
         tx, terminal = service.claim(session, ctx, body, terminal_id, card, rt.keys.fingerprint_key)
-    result = service.authorize(rt.acquirer, tx, terminal, card)
+    result = service.authorize(rt.acquirer_for(terminal), tx, terminal, card)
     if result is None:
         raise service.unreachable(tx)
     with rt.db.write() as session:
-        service.finish(session, tx, result, capture=not terminal.two_step)
-    if not result.approved:
+        tx = service.finish(session, tx, result, capture=not terminal.two_step)
+    if not service.succeeded(tx):
         raise service.declined(tx)
     return tx
 

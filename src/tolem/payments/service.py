@@ -56,6 +56,14 @@ def check_binding(token: AccessToken, body: CryptopayBody, card_terminal: str) -
         raise _reject(f"the token is bound to amount {token.amount}", body, code=470)
     if token.currency and token.currency != body.currency:
         raise _reject(f"the token is bound to currency {token.currency}", body)
+    # The links (and secret_hash) bound in a token are the merchant's: a body that
+    # holds the token may not send the notification, secret_hash and all, elsewhere.
+    for name, bound, sent in (
+        ("postLink", token.post_link, body.post_link),
+        ("failurePostLink", token.failure_post_link, body.failure_post_link),
+    ):
+        if bound and sent and sent != bound:
+            raise _reject(f"{name} differs from the one bound in the token", body)
     terminal_id = token.terminal_id or body.terminal_id or card_terminal
     if body.terminal_id and body.terminal_id != terminal_id:
         raise _reject("terminalId does not match the token's terminal", body, code=487)
@@ -146,8 +154,15 @@ def authorize(
         return None
 
 
-def finish(session: Session, tx: Transaction, result: ProcessorResult, *, capture: bool) -> None:
-    """Record the acquirer's answer; only a transaction still NEW can be finished."""
+def finish(
+    session: Session, tx: Transaction, result: ProcessorResult, *, capture: bool
+) -> Transaction:
+    """Record the acquirer's answer and return the transaction as it now stands.
+
+    Only a transaction still NEW is changed. If another actor (a recovery sweep, a
+    3-D Secure confirmation) finished it first, its recorded outcome stands and is
+    returned unchanged.
+    """
     now = utcnow()
     if result.approved:
         status = Status.CHARGE if capture else Status.AUTH
@@ -177,7 +192,10 @@ def finish(session: Session, tx: Transaction, result: ProcessorResult, *, captur
         .values(**values)
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
-        raise BadRequest("transaction is no longer in progress", code=469)
+        current = session.get(Transaction, tx.id, populate_existing=True)
+        if current is None or current.status == Status.NEW.value:
+            raise BadRequest("transaction is no longer in progress", code=469)
+        return current
     for key, value in values.items():
         setattr(tx, key, value)
     session.add(_event(tx, "authorized" if result.approved else "declined"))
@@ -189,6 +207,11 @@ def finish(session: Session, tx: Transaction, result: ProcessorResult, *, captur
         tx.status,
         tx.reason_code,
     )
+    return tx
+
+
+def succeeded(tx: Transaction) -> bool:
+    return tx.status in (Status.AUTH.value, Status.CHARGE.value)
 
 
 def declined(tx: Transaction) -> PaymentDeclined:
@@ -201,7 +224,7 @@ def declined(tx: Transaction) -> PaymentDeclined:
 
 def unreachable(tx: Transaction) -> PaymentDeclined:
     return PaymentDeclined(
-        "The processor did not answer; the outcome will be settled by a status check",
+        "The processor did not answer; the payment stays in progress (status NEW)",
         code=458,
         **_invoice_fields(tx.invoice_id, tx.account_id, tx.id),
     )

@@ -56,3 +56,11 @@ class Acquirer(Protocol):
     def void(self, reference: str, auth_reference: str) -> ProcessorResult: ...
 
     def refund(self, reference: str, auth_reference: str, amount: Decimal) -> ProcessorResult: ...
+
+    def inquire(self, reference: str) -> ProcessorResult | None:
+        """What became of a call with this reference; None if the acquirer never saw it.
+
+        The recovery sweep settles transactions left in progress by a crash with this,
+        never by sending the request again.
+        """
+        ...

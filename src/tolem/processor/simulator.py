@@ -138,6 +138,11 @@ class Simulator:
     def refund(self, reference: str, auth_reference: str, amount: Decimal) -> ProcessorResult:
         return self._operation(reference, "refund", auth_reference, amount)
 
+    def inquire(self, reference: str) -> ProcessorResult | None:
+        with self._db.read() as session:
+            entry = session.get(LedgerEntry, reference)
+            return entry.result() if entry is not None else None
+
     def _operation(
         self, reference: str, kind: str, auth_reference: str, amount: Decimal
     ) -> ProcessorResult:
