@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, le=64, description="Worker processes of `tolem serve`.")
     data_dir: Path = Field(
         Path(".tolem"),
-        description="Where sandbox mode keeps its SQLite database and generated keys.",
+        description="Where the default SQLite database and the sandbox keys are kept.",
     )
     database_url: str = Field(
         "",

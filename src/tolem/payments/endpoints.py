@@ -11,6 +11,7 @@ from starlette.responses import Response
 from tolem import fields, wire
 from tolem.errors import BadRequest, Unauthorized
 from tolem.oauth import service as oauth
+from tolem.oauth.tokens import AccessToken
 from tolem.payments import service
 from tolem.payments.cryptogram import CryptogramError, decrypt
 from tolem.payments.models import Transaction
@@ -45,21 +46,29 @@ def public_key(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     },
 )
 async def cryptopay(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    raw = await request.body()
+    # The token first: a caller without one learns that, not how its body parses.
     try:
-        data = wire.parse_json_object(await request.body())
+        token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    except Unauthorized as exc:  # a payment error carries the invoice fields, 401 too
+        raise Unauthorized(exc.message, code=exc.code, **_invoice_of(_lenient(raw))) from None
+    try:
+        data = wire.parse_json_object(raw)
     except wire.BodyError as exc:
         raise BadRequest(str(exc), code=477, **_EMPTY_INVOICE) from exc
     ip = request.client.host if request.client else ""
-    authorization = request.headers.get("authorization")
-    tx = await run_in_threadpool(_pay, rt, data, authorization, ip)
+    tx = await run_in_threadpool(_pay, rt, token, data, ip)
     return wire.json_response(payment_body(tx))
 
 
-def _pay(rt: Runtime, data: dict[str, Any], authorization: str | None, ip: str) -> Transaction:
+def _lenient(raw: bytes) -> dict[str, Any]:
     try:
-        token = oauth.bearer(rt.sealer, authorization)
-    except Unauthorized as exc:  # a payment error carries the invoice fields, 401 too
-        raise Unauthorized(exc.message, code=exc.code, **_invoice_of(data)) from None
+        return wire.parse_json_object(raw)
+    except wire.BodyError:
+        return {}
+
+
+def _pay(rt: Runtime, token: AccessToken, data: dict[str, Any], ip: str) -> Transaction:
     try:
         body = parse_cryptopay(data)
     except fields.FieldError as exc:
