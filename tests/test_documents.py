@@ -15,6 +15,7 @@ from tests.support import (
     new_invoice,
     payment_body,
 )
+from tests.support import token as support_token
 
 pytestmark = pytest.mark.usefixtures("gateway")
 
@@ -114,19 +115,7 @@ def test_api_payment_document_failure_shape(gateway: Gateway) -> None:
     """The document's failure: HTTP 400 with code, message and the invoice fields."""
     invoice = new_invoice(13)
     with gateway.client() as client:
-        token = client.post(
-            "/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "scope": "payment",
-                "client_id": CLIENT_ID,
-                "client_secret": CLIENT_SECRET,
-                "invoiceID": invoice,
-                "amount": "100",
-                "currency": "KZT",
-                "terminal": TERMINAL,
-            },
-        ).json()
+        token = support_token(client, invoice=invoice, multipart=False)
         # The published Amex 'lock' card declines with 487, the document's example code.
         body = payment_body(gateway, invoice, card=("377514500004820", "0125", "4169"))
         response = cryptopay(client, token["access_token"], body)
