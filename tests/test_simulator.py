@@ -15,7 +15,14 @@ from tolem import carddata, reasons
 from tolem.db.engine import Database
 from tolem.db.migrate import upgrade
 from tolem.processor.base import AuthorizationRequest, Card
-from tolem.processor.cards import TRIGGERS, WRONG_CVC, WRONG_EXPIRY, catalogue, trigger_pan
+from tolem.processor.cards import (
+    THREE_DS,
+    TRIGGERS,
+    WRONG_CVC,
+    WRONG_EXPIRY,
+    catalogue,
+    trigger_pan,
+)
 from tolem.processor.simulator import Simulator, decide, rrn
 
 TODAY = datetime(2026, 11, 22, tzinfo=UTC)
@@ -68,7 +75,7 @@ def test_other_cards(pan: str, exp: str, cvc: str, code: int) -> None:
 def test_catalogue_lists_published_cards_and_triggers() -> None:
     pans = {c.pan for c in catalogue()}
     assert {pan for pan, *_ in TEST_CARDS} <= pans
-    assert len(catalogue()) == len(TEST_CARDS) + len(reasons.REASONS)
+    assert len(catalogue()) == len(TEST_CARDS) + len(THREE_DS) + len(reasons.REASONS)
 
 
 def test_rrn_looks_live() -> None:
@@ -80,7 +87,7 @@ def test_rrn_looks_live() -> None:
 def simulator(tmp_path: Path) -> Simulator:
     db = Database(f"sqlite:///{tmp_path / 'sim.db'}")
     upgrade(db)
-    return Simulator(db)
+    return Simulator(db, root_key=b"k" * 32, acs_url="http://127.0.0.1/acs/pa")
 
 
 def _request(reference: str, pan: str = "4405639704015096") -> AuthorizationRequest:

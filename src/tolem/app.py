@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -17,6 +20,8 @@ from tolem.errors import install_handlers
 from tolem.oauth.endpoints import router as oauth_router
 from tolem.payments.endpoints import router as payments_router
 from tolem.runtime import Runtime
+from tolem.secure3d.endpoints import api as secure3d_api
+from tolem.secure3d.endpoints import pages as secure3d_pages
 
 log = logging.getLogger("tolem")
 
@@ -81,7 +86,23 @@ def api_router() -> APIRouter:
     """Every API route; mounted at / and again under /api (the test host's prefix)."""
     router = APIRouter()
     router.include_router(payments_router)
+    router.include_router(secure3d_api)
     return router
+
+
+async def _expire_secure3d(rt: Runtime) -> None:
+    """Fail payments whose 3-D Secure time ran out; every worker may run this safely."""
+    from tolem.secure3d.service import expire_stale
+
+    interval = max(1.0, min(15.0, rt.settings.secure3d_timeout / 4))
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            expired = await run_in_threadpool(expire_stale, rt)
+            if expired:
+                log.info("3-D Secure expired for %d payments", expired)
+        except Exception:
+            log.exception("3-D Secure expiry sweep failed; retrying")
 
 
 def create_app(settings: Settings | None = None, *, prepare: bool = True) -> FastAPI:
@@ -95,10 +116,14 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
 
             prepare_database(rt.db, sandbox=settings.is_sandbox)
         app.state.runtime = rt
+        sweeper = asyncio.create_task(_expire_secure3d(rt))
         log.info("tolem %s ready (%s mode)", __version__, settings.mode.value)
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             rt.close()
 
     app = FastAPI(
@@ -116,6 +141,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.include_router(oauth_router, prefix="/epay2", include_in_schema=False)
     app.include_router(api_router())
     app.include_router(api_router(), prefix="/api", include_in_schema=False)
+    app.include_router(secure3d_pages)
     # Shops call the token endpoint and the API from browser pages.
     app.add_middleware(
         CORSMiddleware,

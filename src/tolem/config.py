@@ -63,6 +63,13 @@ class Settings(BaseSettings):
         "terminals; the factory is called with (settings, database). Required in production "
         "mode; sandbox mode sends every payment to the simulator.",
     )
+    secure3d_timeout: int = Field(
+        900,
+        ge=1,
+        le=86400,
+        description="Seconds a payment waits for the 3-D Secure answer before it fails "
+        "with reason 473.",
+    )
     token_ttl: int = Field(7200, ge=60, le=86400, description="Access token lifetime, seconds.")
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(

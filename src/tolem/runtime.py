@@ -41,7 +41,11 @@ class Runtime:
             db=db,
             keys=keys,
             sealer=TokenSealer(keys.token_key),
-            simulator=Simulator(db),
+            simulator=Simulator(
+                db,
+                root_key=keys.token_key,
+                acs_url=f"{settings.effective_public_base_url}/acs/pa",
+            ),
             acquirer=acquirer,
         )
 

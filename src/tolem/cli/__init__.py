@@ -138,6 +138,13 @@ def merchant_create(
             help="Pay through the simulator even in production mode (always so in sandbox).",
         ),
     ] = False,
+    secure3d: Annotated[
+        str,
+        typer.Option(
+            "--secure3d",
+            help="When to ask for 3-D Secure: card (as the issuer says), always, never.",
+        ),
+    ] = "card",
     database_url: DatabaseUrl = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -156,9 +163,10 @@ def merchant_create(
                     name,
                     two_step=not one_step,
                     is_test=settings.is_sandbox or test_terminal,
+                    secure3d=secure3d,
                 )
         except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--name") from exc
+            raise typer.BadParameter(str(exc)) from exc
     finally:
         db.dispose()
     if as_json:
@@ -201,7 +209,12 @@ def merchant_list(
                     "clientId": m.client_id,
                     "created": m.created_at.isoformat(),
                     "terminals": [
-                        {"id": t.id, "twoStep": t.two_step, "currencies": t.currencies.split()}
+                        {
+                            "id": t.id,
+                            "twoStep": t.two_step,
+                            "secure3d": t.secure3d,
+                            "currencies": t.currencies.split(),
+                        }
                         for t in terminals
                     ],
                 }

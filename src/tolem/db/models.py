@@ -3,6 +3,14 @@
 from tolem.db.base import Base
 from tolem.merchants.models import Merchant, Terminal
 from tolem.payments.models import Transaction, TransactionEvent
-from tolem.processor.simulator import LedgerEntry
+from tolem.processor.simulator import AcsSession, LedgerEntry
 
-__all__ = ["Base", "LedgerEntry", "Merchant", "Terminal", "Transaction", "TransactionEvent"]
+__all__ = [
+    "AcsSession",
+    "Base",
+    "LedgerEntry",
+    "Merchant",
+    "Terminal",
+    "Transaction",
+    "TransactionEvent",
+]

@@ -35,6 +35,8 @@ class Terminal(Base):
     two_step: Mapped[bool] = mapped_column(Boolean, default=True)
     # Space-separated ISO 4217 letter codes this terminal takes.
     currencies: Mapped[str] = mapped_column(String(100), default="KZT USD")
+    # When to ask for 3-D Secure: "always", "never", or "card" (as the issuer says).
+    secure3d: Mapped[str] = mapped_column(String(8), default="card", server_default="card")
     # Simulator cards and triggers work on test terminals (all of them in sandbox mode).
     is_test: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tolem.merchants.models import Merchant, Terminal
+from tolem.processor.base import Secure3DPolicy
 
 SANDBOX_CLIENT_ID = "test"
 SANDBOX_CLIENT_SECRET = "yF587AV9Ms94qN2QShFzVR3vFnWkhjbAK3sG"  # noqa: S105 - public test data
@@ -53,10 +54,13 @@ def create_merchant(
     two_step: bool = True,
     currencies: str = "KZT USD",
     is_test: bool = True,
+    secure3d: str = "card",
 ) -> Credentials:
     name = name.strip()
     if not name:
         raise ValueError("a merchant needs a name")
+    if secure3d not in Secure3DPolicy.ALL:
+        raise ValueError(f"secure3d must be one of {', '.join(Secure3DPolicy.ALL)}")
     client_id = client_id or f"m_{secrets.token_hex(8)}"
     client_secret = client_secret or secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
@@ -74,6 +78,7 @@ def create_merchant(
         two_step=two_step,
         currencies=currencies,
         is_test=is_test,
+        secure3d=secure3d,
     )
     if terminal_id:
         terminal.id = terminal_id

@@ -16,6 +16,7 @@ from tolem.payments import service
 from tolem.payments.cryptogram import CryptogramError, decrypt
 from tolem.payments.models import Transaction
 from tolem.payments.schemas import CryptopayBody, parse_cryptopay
+from tolem.processor.base import Challenge
 from tolem.runtime import Runtime, runtime
 
 router = APIRouter(tags=["payments"])
@@ -57,7 +58,9 @@ async def cryptopay(request: Request, rt: Annotated[Runtime, Depends(runtime)]) 
     except wire.BodyError as exc:
         raise BadRequest(str(exc), code=477, **_EMPTY_INVOICE) from exc
     ip = request.client.host if request.client else ""
-    tx = await run_in_threadpool(_pay, rt, token, data, ip)
+    tx, challenge = await run_in_threadpool(_pay, rt, token, data, ip)
+    if challenge is not None:
+        return wire.json_response(challenge_body(tx, challenge))
     return wire.json_response(payment_body(tx))
 
 
@@ -68,7 +71,9 @@ def _lenient(raw: bytes) -> dict[str, Any]:
         return {}
 
 
-def _pay(rt: Runtime, token: AccessToken, data: dict[str, Any], ip: str) -> Transaction:
+def _pay(
+    rt: Runtime, token: AccessToken, data: dict[str, Any], ip: str
+) -> tuple[Transaction, Challenge | None]:
     try:
         body = parse_cryptopay(data)
     except fields.FieldError as exc:
@@ -84,11 +89,17 @@ def _pay(rt: Runtime, token: AccessToken, data: dict[str, Any], ip: str) -> Tran
     result = service.authorize(rt.acquirer_for(terminal), tx, terminal, card)
     if result is None:
         raise service.unreachable(tx)
+    if result.challenge is not None:
+        with rt.db.write() as session:
+            service.await_authentication(
+                session, tx, result.challenge, timeout=rt.settings.secure3d_timeout
+            )
+        return tx, result.challenge
     with rt.db.write() as session:
         tx = service.finish(session, tx, result, capture=not terminal.two_step)
     if not service.succeeded(tx):
         raise service.declined(tx)
-    return tx
+    return tx, None
 
 
 def _invoice_of(data: dict[str, Any]) -> dict[str, str]:
@@ -106,6 +117,27 @@ def _invoice_of(data: dict[str, Any]) -> dict[str, str]:
         "id": "",
         "reference": "",
         "accountId": pick("accountId", "accountID"),
+    }
+
+
+def challenge_body(tx: Transaction, challenge: Challenge) -> dict[str, Any]:
+    """3-D Secure needed (EPAY.md section 5): HTTP 200, no final status yet."""
+    return {
+        "id": tx.id,
+        "accountId": tx.account_id,
+        "amount": tx.amount,
+        "amountBonus": 0,
+        "currency": tx.currency,
+        "description": tx.description,
+        "email": tx.email,
+        "invoiceID": tx.invoice_id,
+        "invoiceIdAlt": tx.invoice_id_alt,
+        "language": tx.language,
+        "phone": tx.phone,
+        "reference": "",
+        "intReference": "",
+        "cardID": "",
+        "secure3D": {"paReq": challenge.pa_req, "md": challenge.md, "action": challenge.action},
     }
 
 

@@ -37,6 +37,10 @@ class Status(StrEnum):
     def is_final(self) -> bool:
         return self is not Status.NEW
 
+    @property
+    def succeeded(self) -> bool:
+        return self in (Status.AUTH, Status.CHARGE)
+
 
 class Transaction(Base):
     __tablename__ = "transactions"
@@ -87,6 +91,10 @@ class Transaction(Base):
     int_reference: Mapped[str] = mapped_column(String(32), default="")
     approval_code: Mapped[str] = mapped_column(String(6), default="")
     secure: Mapped[bool] = mapped_column(Boolean, default=False)
+    # 3-D Secure: while NEW with an MD, the payment waits for the cardholder's answer,
+    # until three_ds_expires_at (then it fails with 473).
+    three_ds_md: Mapped[str | None] = mapped_column(String(64), unique=True)
+    three_ds_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
     amount_charged: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))
     amount_refunded: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))

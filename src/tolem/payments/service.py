@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import update
@@ -29,9 +30,18 @@ from tolem.merchants.models import Terminal
 from tolem.oauth.tokens import AccessToken
 from tolem.payments.models import Status, Transaction, TransactionEvent
 from tolem.payments.schemas import CryptopayBody
-from tolem.processor.base import Acquirer, AuthorizationRequest, Card, ProcessorResult
+from tolem.processor.base import (
+    Acquirer,
+    AuthorizationRequest,
+    Card,
+    Challenge,
+    ProcessorResult,
+)
 
 log = logging.getLogger("tolem.payments")
+
+#: Reason codes of a failed 3-D Secure check: such a payment ends with status "3D".
+SECURE3D_FAILURES = frozenset({473, 496, 499})
 
 
 @dataclass(frozen=True)
@@ -146,6 +156,9 @@ def authorize(
         currency=tx.currency,
         card=card,
         capture=not terminal.two_step,
+        secure3d=terminal.secure3d,
+        merchant_name=terminal.name,
+        language=tx.language,
     )
     try:
         return acquirer.authorize(request)
@@ -154,8 +167,29 @@ def authorize(
         return None
 
 
+def await_authentication(
+    session: Session, tx: Transaction, challenge: Challenge, *, timeout: int
+) -> None:
+    """The issuer wants 3-D Secure: the payment stays NEW until the answer or expiry."""
+    expires = utcnow() + timedelta(seconds=timeout)
+    done = session.execute(
+        update(Transaction)
+        .where(Transaction.id == tx.id, Transaction.status == Status.NEW.value)
+        .values(three_ds_md=challenge.md, three_ds_expires_at=expires, updated_at=utcnow())
+    )
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise BadRequest("transaction is no longer in progress", code=469)
+    tx.three_ds_md, tx.three_ds_expires_at = challenge.md, expires
+    session.add(_event(tx, "3ds-challenge"))
+
+
 def finish(
-    session: Session, tx: Transaction, result: ProcessorResult, *, capture: bool
+    session: Session,
+    tx: Transaction,
+    result: ProcessorResult,
+    *,
+    capture: bool,
+    secure: bool = False,
 ) -> Transaction:
     """Record the acquirer's answer and return the transaction as it now stands.
 
@@ -175,11 +209,16 @@ def finish(
             "int_reference": result.int_reference,
             "issuer": result.issuer,
             "amount_charged": tx.amount if capture else Decimal("0.00"),
+            "secure": secure,
             "updated_at": now,
         }
     else:
+        failed = (
+            Status.THREE_DS_FAILED if result.reason_code in SECURE3D_FAILURES else Status.FAILED
+        )
         values = {
-            "status": Status.FAILED.value,
+            "status": failed.value,
+            "secure": secure,
             "reason_code": result.reason_code,
             "reason": reasons.message(result.reason_code),
             "issuer": result.issuer,
@@ -211,7 +250,7 @@ def finish(
 
 
 def succeeded(tx: Transaction) -> bool:
-    return tx.status in (Status.AUTH.value, Status.CHARGE.value)
+    return Status(tx.status).succeeded
 
 
 def declined(tx: Transaction) -> PaymentDeclined:

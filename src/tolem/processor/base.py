@@ -26,6 +26,15 @@ class Card:
         return f"Card(pan={self.pan[:6]}...{self.pan[-4:]}, cvc=***)"
 
 
+class Secure3DPolicy:
+    """When a terminal asks for 3-D Secure: always, never, or as the card's issuer says."""
+
+    ALWAYS = "always"
+    NEVER = "never"
+    CARD = "card"
+    ALL = (ALWAYS, NEVER, CARD)
+
+
 @dataclass(frozen=True, slots=True)
 class AuthorizationRequest:
     reference: str
@@ -34,6 +43,18 @@ class AuthorizationRequest:
     currency: str
     card: Card
     capture: bool  # one-step terminals authorize and capture together
+    secure3d: str = Secure3DPolicy.CARD
+    merchant_name: str = ""  # shown by the issuer's 3-D Secure page
+    language: str = "rus"
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """3-D Secure needed: post PaReq and MD to ``action`` with a TermUrl."""
+
+    pa_req: str
+    md: str
+    action: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +65,19 @@ class ProcessorResult:
     approval_code: str = ""  # 6 digits
     int_reference: str = ""
     issuer: str = ""
+    challenge: Challenge | None = None  # set when the cardholder must authenticate first
+
+
+class AuthenticationRefused(Exception):
+    """A PaRes the acquirer will not act on (forged, another payment's, expired).
+
+    Nothing changes: the payment still waits for a genuine answer from the ACS.
+    """
+
+    def __init__(self, reason_code: int, message: str) -> None:
+        super().__init__(message)
+        self.reason_code = reason_code
+        self.message = message
 
 
 class Acquirer(Protocol):
@@ -56,6 +90,14 @@ class Acquirer(Protocol):
     def void(self, reference: str, auth_reference: str) -> ProcessorResult: ...
 
     def refund(self, reference: str, auth_reference: str, amount: Decimal) -> ProcessorResult: ...
+
+    def complete_authentication(self, reference: str, pa_res: str, md: str) -> ProcessorResult:
+        """Finish a payment that answered with a :class:`Challenge`.
+
+        Raises :class:`AuthenticationRefused` for a PaRes it will not act on; returns
+        the final outcome otherwise (a 3-D Secure failure is a declined result).
+        """
+        ...
 
     def inquire(self, reference: str) -> ProcessorResult | None:
         """What became of a call with this reference; None if the acquirer never saw it.

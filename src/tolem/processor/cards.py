@@ -1,5 +1,7 @@
 """The simulator's cards: ePay's published test cards and one trigger card per reason code.
 
+3-D Secure cards (``THREE_DS``) ask for the issuer's challenge first.
+
 Trigger scheme: ``40000000`` + the reason code in four digits + ``000`` + a Luhn
 check digit, e.g. ``4000000004840007`` declines with 484 (insufficient funds). Any
 expiry and any CVC; ``tolem cards`` prints them all.
@@ -67,6 +69,45 @@ TRIGGERS: tuple[SimulatorCard, ...] = tuple(
 
 _TRIGGER_CODES: dict[str, int] = {card.pan: card.reason_code for card in TRIGGERS}
 
+# Cards whose issuer asks for 3-D Secure. After a passed challenge each answers with its
+# code; a failed challenge declines with 473 (or 499 after three wrong codes).
+THREE_DS: tuple[SimulatorCard, ...] = (
+    SimulatorCard(
+        luhn_complete("400000300000000"),
+        "any",
+        "any",
+        0,
+        True,
+        "3-D Secure Visa: approves after the challenge",
+    ),
+    SimulatorCard(
+        luhn_complete("520000300000000"),
+        "any",
+        "any",
+        0,
+        True,
+        "3-D Secure Mastercard: approves after the challenge",
+    ),
+    SimulatorCard(
+        luhn_complete("400000300000484"),
+        "any",
+        "any",
+        484,
+        True,
+        "3-D Secure Visa: authenticates, then insufficient funds",
+    ),
+    SimulatorCard(
+        luhn_complete("520000300000465"),
+        "any",
+        "any",
+        465,
+        True,
+        "3-D Secure Mastercard: authenticates, then card restricted",
+    ),
+)
+
+_THREE_DS_CODES: dict[str, int] = {card.pan: card.reason_code for card in THREE_DS}
+
 
 def published(pan: str) -> tuple[SimulatorCard, ...]:
     return _PUBLISHED_BY_PAN.get(pan, ())
@@ -76,6 +117,11 @@ def trigger_code(pan: str) -> int | None:
     return _TRIGGER_CODES.get(pan)
 
 
+def three_ds_code(pan: str) -> int | None:
+    """The post-authentication code of a 3-D Secure card; None for other cards."""
+    return _THREE_DS_CODES.get(pan)
+
+
 def catalogue() -> tuple[SimulatorCard, ...]:
     """Every card the simulator knows, for ``tolem cards`` and the docs."""
-    return PUBLISHED + TRIGGERS
+    return PUBLISHED + THREE_DS + TRIGGERS

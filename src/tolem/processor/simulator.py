@@ -1,9 +1,16 @@
 """The sandbox acquirer: decides like a bank would and keeps a ledger.
 
 Decision order for a card: a published test card (its listed expiry/CVC pairs), else
-Luhn (471), a trigger card (its code), expiry format (457) and date (478), CVC format
-(477), then approve. The ledger has one row per idempotency reference, so a repeated
-call returns the first answer and never moves money twice.
+Luhn (471), a trigger or 3-D Secure card (its code), expiry format (457) and date
+(478), CVC format (477), then approve.
+
+3-D Secure: the simulator is the issuer's ACS too. A payment that needs it gets a
+challenge (PaReq, MD, the ACS address) and a pending ledger row holding the decision;
+the ACS pages (tolem.secure3d.acs) show the one-time code and seal the cardholder's
+answer as a PaRes; ``complete_authentication`` opens it and settles the payment.
+
+The ledger has one row per idempotency reference, so a repeated call returns the
+first answer and never moves money twice.
 """
 
 from __future__ import annotations
@@ -15,13 +22,26 @@ from decimal import Decimal
 
 from sqlalchemy import Boolean, Integer, String, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tolem import carddata
 from tolem.db.base import Base, Money, UTCDateTime, utcnow
 from tolem.db.engine import Database
 from tolem.processor import cards
-from tolem.processor.base import AuthorizationRequest, Card, ProcessorResult
+from tolem.processor.base import (
+    AuthenticationRefused,
+    AuthorizationRequest,
+    Card,
+    Challenge,
+    ProcessorResult,
+    Secure3DPolicy,
+)
+from tolem.secure3d.codec import MessageSealer, SealError
+
+#: How long a cardholder has to pass the challenge (and a PaRes stays valid).
+CHALLENGE_SECONDS = 15 * 60
+#: Wrong one-time codes before the ACS gives up with 499.
+OTP_ATTEMPTS = 3
 
 ISSUERS = {
     "440563": "JSC Halyk Bank",
@@ -60,6 +80,30 @@ class LedgerEntry(Base):
         )
 
 
+class AcsSession(Base):
+    """The simulated issuer's record of one 3-D Secure challenge."""
+
+    __tablename__ = "simulator_acs"
+
+    md: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reference: Mapped[str] = mapped_column(String(64), unique=True)
+    pa_req: Mapped[str] = mapped_column(String(4000))
+    otp: Mapped[str] = mapped_column(String(6))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # pending, then Y (authenticated) or N (failed, with reason_code)
+    outcome: Mapped[str] = mapped_column(String(8), default="pending")
+    reason_code: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+def needs_3ds(card: Card, policy: str) -> bool:
+    if policy == Secure3DPolicy.ALWAYS:
+        return True
+    if policy == Secure3DPolicy.NEVER:
+        return False
+    return cards.three_ds_code(card.pan) is not None
+
+
 def decide(card: Card, today: datetime | None = None) -> int:
     """The reason code the simulator answers for this card; 0 approves."""
     listed = cards.published(card.pan)
@@ -75,6 +119,8 @@ def decide(card: Card, today: datetime | None = None) -> int:
     if not carddata.luhn_ok(card.pan):
         return 471
     code = cards.trigger_code(card.pan)
+    if code is None:
+        code = cards.three_ds_code(card.pan)
     if code is not None:
         return code
     if not 1 <= card.exp_month <= 12:
@@ -107,14 +153,37 @@ def _int_reference() -> str:
     return "".join(secrets.choice(string.digits + string.ascii_uppercase) for _ in range(16))
 
 
+def _md() -> str:
+    """Merchant data shaped like the live one: ``271710719-E54F6D8F865285D4``."""
+    return f"{_digits(9)}-{secrets.token_hex(8).upper()}"
+
+
+def _authorization(session: Session, reference: str) -> LedgerEntry | None:
+    """The settled authorization of a payment: after 3-D Secure, its second row."""
+    return session.get(LedgerEntry, f"{reference}/3ds") or session.get(LedgerEntry, reference)
+
+
+class AcsAnswer:
+    """What the ACS page does next: ask again, or post a PaRes to the TermUrl."""
+
+    def __init__(self, pa_res: str | None, attempts_left: int) -> None:
+        self.pa_res = pa_res
+        self.attempts_left = attempts_left
+
+
 class Simulator:
     """The :class:`~tolem.processor.base.Acquirer` of sandbox mode and test terminals."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, root_key: bytes, acs_url: str) -> None:
         self._db = db
+        self._pa_req = MessageSealer(root_key, "pareq")
+        self._pa_res = MessageSealer(root_key, "pares")
+        self.acs_url = acs_url
 
     def authorize(self, request: AuthorizationRequest) -> ProcessorResult:
         code = decide(request.card)
+        if needs_3ds(request.card, request.secure3d):
+            return self._challenge(request, code)
         approved = code == 0
         entry = LedgerEntry(
             reference=request.reference,
@@ -129,6 +198,117 @@ class Simulator:
         )
         return self._record(entry)
 
+    def _challenge(self, request: AuthorizationRequest, code: int) -> ProcessorResult:
+        """Hold the decision until the cardholder has answered the issuer's challenge."""
+        with self._db.read() as session:
+            existing = session.scalars(
+                select(AcsSession).where(AcsSession.reference == request.reference)
+            ).first()
+            if existing is not None:
+                return self._challenge_result(existing)
+        md = _md()
+        pa_req = self._pa_req.seal(
+            {
+                "md": md,
+                "ref": request.reference,
+                "amount": str(request.amount),
+                "currency": request.currency,
+                "merchant": request.merchant_name,
+                "mask": carddata.mask(request.card.pan),
+                "lang": request.language,
+            },
+            ttl=CHALLENGE_SECONDS,
+        )
+        acs = AcsSession(md=md, reference=request.reference, pa_req=pa_req, otp=_digits(6))
+        pending = LedgerEntry(
+            reference=request.reference,
+            kind="3ds-sale" if request.capture else "3ds-auth",
+            amount=request.amount,
+            approved=False,
+            reason_code=code,  # the decision, applied once the cardholder has passed
+            issuer=ISSUERS.get(request.card.pan[:6], ""),
+        )
+        try:
+            with self._db.write() as session:
+                session.add_all([pending, acs])
+        except IntegrityError:  # the same reference raced us: answer with its challenge
+            with self._db.read() as session:
+                acs = session.scalars(
+                    select(AcsSession).where(AcsSession.reference == request.reference)
+                ).one()
+        return self._challenge_result(acs)
+
+    def _challenge_result(self, acs: AcsSession) -> ProcessorResult:
+        return ProcessorResult(
+            approved=False,
+            reason_code=0,
+            challenge=Challenge(pa_req=acs.pa_req, md=acs.md, action=self.acs_url),
+        )
+
+    # --- the issuer's ACS -------------------------------------------------------------
+
+    def acs_view(self, pa_req: str) -> tuple[dict[str, str], AcsSession]:
+        """The challenge a PaReq stands for, or SealError if it is not ours or too old."""
+        claims = self._pa_req.open(pa_req)
+        with self._db.read() as session:
+            acs = session.get(AcsSession, str(claims.get("md", "")))
+        if acs is None or acs.reference != claims.get("ref"):
+            raise SealError("unknown challenge")
+        return {k: str(v) for k, v in claims.items()}, acs
+
+    def acs_answer(self, md: str, code: str | None) -> AcsAnswer:
+        """The cardholder's answer: a one-time code, or None to fail on purpose."""
+        with self._db.write() as session:
+            acs = session.get(AcsSession, md, with_for_update=True)
+            if acs is None:
+                raise SealError("unknown challenge")
+            if acs.outcome == "pending":
+                if code is None:
+                    acs.outcome, acs.reason_code = "N", 473
+                elif secrets.compare_digest(code.strip(), acs.otp):
+                    acs.outcome = "Y"
+                else:
+                    acs.attempts += 1
+                    if acs.attempts >= OTP_ATTEMPTS:
+                        acs.outcome, acs.reason_code = "N", 499
+                    else:
+                        return AcsAnswer(None, OTP_ATTEMPTS - acs.attempts)
+            claims = {"md": acs.md, "ref": acs.reference, "st": acs.outcome, "rc": acs.reason_code}
+        return AcsAnswer(self._pa_res.seal(claims, ttl=CHALLENGE_SECONDS), 0)
+
+    def complete_authentication(self, reference: str, pa_res: str, md: str) -> ProcessorResult:
+        try:
+            claims = self._pa_res.open(pa_res)
+        except SealError as exc:
+            raise AuthenticationRefused(473, f"PaRes refused: {exc}") from exc
+        if claims.get("ref") != reference:
+            raise AuthenticationRefused(473, "PaRes refused: it belongs to another payment")
+        if claims.get("md") != md:
+            raise AuthenticationRefused(473, "PaRes refused: MD does not match it")
+        with self._db.read() as session:
+            pending = session.get(LedgerEntry, reference)
+            final = session.get(LedgerEntry, f"{reference}/3ds")
+        if final is not None:
+            return final.result()
+        if pending is None or not pending.kind.startswith("3ds"):
+            raise AuthenticationRefused(473, "PaRes refused: no challenge for this payment")
+        passed = claims.get("st") == "Y"
+        code = pending.reason_code if passed else int(claims.get("rc") or 473)
+        approved = code == 0
+        entry = LedgerEntry(
+            reference=f"{reference}/3ds",
+            kind=pending.kind.removeprefix("3ds-").replace("auth", "authorize"),
+            auth_reference=reference,
+            amount=pending.amount,
+            approved=approved,
+            reason_code=code,
+            rrn=rrn() if approved else "",
+            approval_code=_digits(6) if approved else "",
+            int_reference=_int_reference() if approved else "",
+            issuer=pending.issuer,
+        )
+        return self._record(entry)
+
     def capture(self, reference: str, auth_reference: str, amount: Decimal) -> ProcessorResult:
         return self._operation(reference, "capture", auth_reference, amount)
 
@@ -140,14 +320,14 @@ class Simulator:
 
     def inquire(self, reference: str) -> ProcessorResult | None:
         with self._db.read() as session:
-            entry = session.get(LedgerEntry, reference)
+            entry = _authorization(session, reference)
             return entry.result() if entry is not None else None
 
     def _operation(
         self, reference: str, kind: str, auth_reference: str, amount: Decimal
     ) -> ProcessorResult:
         with self._db.read() as session:
-            auth = session.get(LedgerEntry, auth_reference)
+            auth = _authorization(session, auth_reference)
             known = auth is not None and auth.approved
         entry = LedgerEntry(
             reference=reference,
