@@ -198,6 +198,8 @@ def finish(
     returned unchanged.
     """
     now = utcnow()
+    # "secure" means the cardholder passed 3-D Secure, not merely that it was tried.
+    secure = secure and result.reason_code not in SECURE3D_FAILURES
     if result.approved:
         status = Status.CHARGE if capture else Status.AUTH
         values: dict[str, object] = {
