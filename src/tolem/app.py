@@ -18,6 +18,7 @@ from tolem.apidocs import install_docs
 from tolem.config import Settings
 from tolem.errors import install_handlers
 from tolem.oauth.endpoints import router as oauth_router
+from tolem.operations.endpoints import router as status_router
 from tolem.payments.endpoints import router as payments_router
 from tolem.runtime import Runtime
 from tolem.secure3d.endpoints import api as secure3d_api
@@ -87,6 +88,7 @@ def api_router() -> APIRouter:
     router = APIRouter()
     router.include_router(payments_router)
     router.include_router(secure3d_api)
+    router.include_router(status_router)
     return router
 
 
