@@ -12,6 +12,8 @@ def test_redact_masks_luhn_valid_numbers_only() -> None:
     assert redact("card 4405639704015096 paid") == "card 440563...5096 paid"
     assert redact("rrn 504355533594 ok") == "rrn 504355533594 ok"  # not a card number
     assert redact("x4405639704015096") == "x440563...5096"
+    line = '"POST /payments/cards/confirmPayment?Access=abc-DEF_123&x=1 HTTP/1.1" 303'
+    assert redact(line) == '"POST /payments/cards/confirmPayment?Access=***&x=1 HTTP/1.1" 303'
 
 
 def test_messages_arguments_and_tracebacks_are_redacted() -> None:

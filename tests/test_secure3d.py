@@ -162,6 +162,7 @@ def test_gateway_hosted_term_url_completes_and_redirects_with_reference(gateway:
         assert status(gateway, pending.id)[0] == "AUTH"
 
         failing = start(gateway, client)
+        term_url = f"{gateway.base_url}/payments/cards/confirmPayment?Access={failing.token}"
         posted = answer(client, failing, None, term_url)
         final = client.post(
             term_url, data={"PaRes": hidden(posted.text, "PaRes"), "MD": hidden(posted.text, "MD")}
@@ -214,6 +215,8 @@ def test_attacks_are_refused_and_change_nothing(gateway: Gateway) -> None:
         # Another merchant's token: the transaction does not exist for it.
         stranger = _token(client, _merchant(gateway), new_invoice())
         _assert_refused(confirm(client, stranger, victim.id, pa_res, md), 522)
+        # The same merchant's token for another order.
+        _assert_refused(confirm(client, other.token, victim.id, pa_res, md), 522)
         # A PaReq is not a PaRes, though both are sealed by the gateway.
         _assert_refused(confirm(client, victim.token, victim.id, victim.secure3d["paReq"], md), 473)
         assert status(gateway, victim.id) == ("NEW", 0, False)
@@ -225,7 +228,8 @@ def test_attacks_are_refused_and_change_nothing(gateway: Gateway) -> None:
 
         # Confirm on a transaction that never needed 3-D Secure.
         plain = pay(gateway, client).json()
-        _assert_refused(confirm(client, victim.token, plain["id"], pa_res, md), 469)
+        service_token = token(client)["access_token"]  # no invoice: any of the merchant's
+        _assert_refused(confirm(client, service_token, plain["id"], pa_res, md), 469)
 
 
 def test_missing_fields_and_token(gateway: Gateway) -> None:
@@ -252,7 +256,7 @@ def test_missing_fields_and_token(gateway: Gateway) -> None:
 
 
 def test_expiry_fails_the_payment_with_473(database_url: str, tmp_path: Path) -> None:
-    env = {"TOLEM_SECURE3D_TIMEOUT": "1"}
+    env = {"TOLEM_SECURE3D_TIMEOUT": "3"}  # room to pass the ACS before it runs out
     with start_gateway(tmp_path, database_url, extra_env=env) as gw, gw.client() as client:
         pending = start(gw, client)
         pa_res, md = pass_acs(client, pending)

@@ -15,9 +15,13 @@ from tolem import carddata
 from tolem.config import Settings
 
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{12,19}(?!\d)")
+# Bearer tokens that travel in a URL (the hosted TermUrl's ?Access=) end up in access
+# lines; they are as good as a password until they expire.
+_URL_TOKEN = re.compile(r"(?i)([?&]access=)[^&\s\"']+")
 
 
 def redact(text: str) -> str:
+    text = _URL_TOKEN.sub(r"\1***", text)
     return _DIGIT_RUN.sub(
         lambda m: carddata.mask(m.group()) if carddata.luhn_ok(m.group()) else m.group(), text
     )

@@ -45,6 +45,7 @@ class Runtime:
                 db,
                 root_key=keys.token_key,
                 acs_url=f"{settings.effective_public_base_url}/acs/pa",
+                challenge_seconds=settings.secure3d_timeout,
             ),
             acquirer=acquirer,
         )

@@ -6,7 +6,7 @@ Luhn (471), a trigger or 3-D Secure card (its code), expiry format (457) and dat
 
 3-D Secure: the simulator is the issuer's ACS too. A payment that needs it gets a
 challenge (PaReq, MD, the ACS address) and a pending ledger row holding the decision;
-the ACS pages (tolem.secure3d.acs) show the one-time code and seal the cardholder's
+the ACS pages (tolem.secure3d.endpoints) show the one-time code and seal the cardholder's
 answer as a PaRes; ``complete_authentication`` opens it and settles the payment.
 
 The ledger has one row per idempotency reference, so a repeated call returns the
@@ -38,8 +38,6 @@ from tolem.processor.base import (
 )
 from tolem.secure3d.codec import MessageSealer, SealError
 
-#: How long a cardholder has to pass the challenge (and a PaRes stays valid).
-CHALLENGE_SECONDS = 15 * 60
 #: Wrong one-time codes before the ACS gives up with 499.
 OTP_ATTEMPTS = 3
 
@@ -174,8 +172,12 @@ class AcsAnswer:
 class Simulator:
     """The :class:`~tolem.processor.base.Acquirer` of sandbox mode and test terminals."""
 
-    def __init__(self, db: Database, *, root_key: bytes, acs_url: str) -> None:
+    def __init__(
+        self, db: Database, *, root_key: bytes, acs_url: str, challenge_seconds: int = 900
+    ) -> None:
         self._db = db
+        # How long a cardholder has to answer, and a PaReq or PaRes stays valid.
+        self._challenge_seconds = challenge_seconds
         self._pa_req = MessageSealer(root_key, "pareq")
         self._pa_res = MessageSealer(root_key, "pares")
         self.acs_url = acs_url
@@ -217,7 +219,7 @@ class Simulator:
                 "mask": carddata.mask(request.card.pan),
                 "lang": request.language,
             },
-            ttl=CHALLENGE_SECONDS,
+            ttl=self._challenge_seconds,
         )
         acs = AcsSession(md=md, reference=request.reference, pa_req=pa_req, otp=_digits(6))
         pending = LedgerEntry(
@@ -274,7 +276,7 @@ class Simulator:
                     else:
                         return AcsAnswer(None, OTP_ATTEMPTS - acs.attempts)
             claims = {"md": acs.md, "ref": acs.reference, "st": acs.outcome, "rc": acs.reason_code}
-        return AcsAnswer(self._pa_res.seal(claims, ttl=CHALLENGE_SECONDS), 0)
+        return AcsAnswer(self._pa_res.seal(claims, ttl=self._challenge_seconds), 0)
 
     def complete_authentication(self, reference: str, pa_res: str, md: str) -> ProcessorResult:
         try:

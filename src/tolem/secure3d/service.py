@@ -54,6 +54,8 @@ def find(session: Session, token: AccessToken, *, tx_id: str = "", md: str = "")
         raise _refuse("transaction not found", 522)
     if token.terminal_id and tx.terminal_id != token.terminal_id:
         raise _refuse("transaction not found", 522)
+    if token.invoice_id and tx.invoice_id != token.invoice_id:  # a token for another order
+        raise _refuse("transaction not found", 522)
     return tx
 
 
