@@ -161,6 +161,31 @@ def _authorization(session: Session, reference: str) -> LedgerEntry | None:
     return session.get(LedgerEntry, f"{reference}/3ds") or session.get(LedgerEntry, reference)
 
 
+def _settled(
+    reference: str,
+    kind: str,
+    amount: Decimal,
+    code: int,
+    *,
+    issuer: str = "",
+    auth_reference: str = "",
+) -> LedgerEntry:
+    """A ledger row for a settled call; an approval gets its RRN and approval code."""
+    approved = code == 0
+    return LedgerEntry(
+        reference=reference,
+        kind=kind,
+        auth_reference=auth_reference,
+        amount=amount,
+        approved=approved,
+        reason_code=code,
+        rrn=rrn() if approved else "",
+        approval_code=_digits(6) if approved else "",
+        int_reference=_int_reference() if approved else "",
+        issuer=issuer,
+    )
+
+
 class AcsAnswer:
     """What the ACS page does next: ask again, or post a PaRes to the TermUrl."""
 
@@ -186,16 +211,11 @@ class Simulator:
         code = decide(request.card)
         if needs_3ds(request.card, request.secure3d):
             return self._challenge(request, code)
-        approved = code == 0
-        entry = LedgerEntry(
-            reference=request.reference,
-            kind="sale" if request.capture else "authorize",
-            amount=request.amount,
-            approved=approved,
-            reason_code=code,
-            rrn=rrn() if approved else "",
-            approval_code=_digits(6) if approved else "",
-            int_reference=_int_reference() if approved else "",
+        entry = _settled(
+            request.reference,
+            "sale" if request.capture else "authorize",
+            request.amount,
+            code,
             issuer=ISSUERS.get(request.card.pan[:6], ""),
         )
         return self._record(entry)
@@ -296,18 +316,13 @@ class Simulator:
             raise AuthenticationRefused(473, "PaRes refused: no challenge for this payment")
         passed = claims.get("st") == "Y"
         code = pending.reason_code if passed else int(claims.get("rc") or 473)
-        approved = code == 0
-        entry = LedgerEntry(
-            reference=f"{reference}/3ds",
-            kind=pending.kind.removeprefix("3ds-").replace("auth", "authorize"),
-            auth_reference=reference,
-            amount=pending.amount,
-            approved=approved,
-            reason_code=code,
-            rrn=rrn() if approved else "",
-            approval_code=_digits(6) if approved else "",
-            int_reference=_int_reference() if approved else "",
+        entry = _settled(
+            f"{reference}/3ds",
+            pending.kind.removeprefix("3ds-").replace("auth", "authorize"),
+            pending.amount,
+            code,
             issuer=pending.issuer,
+            auth_reference=reference,
         )
         return self._record(entry)
 
@@ -331,16 +346,8 @@ class Simulator:
         with self._db.read() as session:
             auth = _authorization(session, auth_reference)
             known = auth is not None and auth.approved
-        entry = LedgerEntry(
-            reference=reference,
-            kind=kind,
-            auth_reference=auth_reference,
-            amount=amount,
-            approved=known,
-            reason_code=0 if known else 522,  # 522: record not found
-            rrn=rrn() if known else "",
-            approval_code=_digits(6) if known else "",
-        )
+        code = 0 if known else 522  # 522: record not found
+        entry = _settled(reference, kind, amount, code, auth_reference=auth_reference)
         return self._record(entry)
 
     def _record(self, entry: LedgerEntry) -> ProcessorResult:
