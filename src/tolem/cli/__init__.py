@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -11,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tolem.config import Mode, Settings
+from tolem.db.engine import Database
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -43,12 +46,23 @@ def _data_dir(settings: Settings) -> None:
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
-def _database(settings: Settings):  # type: ignore[no-untyped-def]
-    from tolem.db.engine import Database
-
+def _database(settings: Settings) -> Database:
     if settings.effective_database_url.startswith("sqlite"):
         _data_dir(settings)
     return Database(settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous)
+
+
+@contextmanager
+def _migrated(settings: Settings) -> Iterator[Database]:
+    """The database, brought to the newest schema first; disposed of afterwards."""
+    from tolem.db.migrate import upgrade
+
+    db = _database(settings)
+    try:
+        upgrade(db)
+        yield db
+    finally:
+        db.dispose()
 
 
 @app.command()
@@ -114,14 +128,8 @@ def _environment(settings: Settings) -> dict[str, str]:
 @db_app.command("upgrade")
 def db_upgrade(database_url: DatabaseUrl = None) -> None:
     """Apply every migration."""
-    from tolem.db.migrate import upgrade
-
-    settings = _settings(database_url)
-    db = _database(settings)
-    try:
-        upgrade(db)
-    finally:
-        db.dispose()
+    with _migrated(_settings(database_url)):
+        pass
     console.print("database is at the newest revision")
 
 
@@ -149,13 +157,10 @@ def merchant_create(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a merchant; prints its ClientID, ClientSecret and TerminalID once."""
-    from tolem.db.migrate import upgrade
     from tolem.merchants.service import create_merchant
 
     settings = _settings(database_url)
-    db = _database(settings)
-    try:
-        upgrade(db)
+    with _migrated(settings) as db:
         try:
             with db.write() as session:
                 creds = create_merchant(
@@ -167,8 +172,6 @@ def merchant_create(
                 )
         except ValueError as exc:
             raise typer.BadParameter(str(exc)) from exc
-    finally:
-        db.dispose()
     if as_json:
         typer.echo(
             json.dumps(
@@ -195,37 +198,30 @@ def merchant_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List merchants and their terminals."""
-    from tolem.db.migrate import upgrade
     from tolem.merchants.service import list_merchants
 
-    settings = _settings(database_url)
-    db = _database(settings)
-    try:
-        upgrade(db)
-        with db.read() as session:
-            rows: list[dict[str, Any]] = [
-                {
-                    "name": m.name,
-                    "clientId": m.client_id,
-                    "created": m.created_at.isoformat(),
-                    "terminals": [
-                        {
-                            "id": t.id,
-                            "twoStep": t.two_step,
-                            "secure3d": t.secure3d,
-                            "currencies": t.currencies.split(),
-                        }
-                        for t in terminals
-                    ],
-                }
-                for m, terminals in list_merchants(session)
-            ]
-    finally:
-        db.dispose()
+    with _migrated(_settings(database_url)) as db, db.read() as session:
+        rows: list[dict[str, Any]] = [
+            {
+                "name": m.name,
+                "clientId": m.client_id,
+                "created": m.created_at.isoformat(),
+                "terminals": [
+                    {
+                        "id": t.id,
+                        "twoStep": t.two_step,
+                        "secure3d": t.secure3d,
+                        "currencies": t.currencies.split(),
+                    }
+                    for t in terminals
+                ],
+            }
+            for m, terminals in list_merchants(session)
+        ]
     if as_json:
         typer.echo(json.dumps(rows))
         return
-    table = Table("Name", "ClientID", "TerminalID", "Steps", "Currencies")
+    table = Table("Name", "ClientID", "TerminalID", "Steps", "3-D Secure", "Currencies")
     for row in rows:
         for terminal in row["terminals"]:
             table.add_row(
@@ -233,6 +229,7 @@ def merchant_list(
                 str(row["clientId"]),
                 terminal["id"],
                 "two" if terminal["twoStep"] else "one",
+                terminal["secure3d"],
                 " ".join(terminal["currencies"]),
             )
     console.print(table)
