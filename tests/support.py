@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -223,3 +224,13 @@ def pay(
 
 def decimal(value: Any) -> Decimal:
     return Decimal(str(value))
+
+
+def query(database_url: str, sql: str, **params: Any) -> list[Any]:
+    """Rows of one SQL statement against a gateway's database, read from outside it."""
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params))
+    finally:
+        engine.dispose()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from tests.support import TEST_CARDS, Gateway, pay
+from tests.support import TEST_CARDS, Gateway, pay, query
 from tolem.processor.cards import trigger_pan
 
 EXTRA_CARDS = [
@@ -92,9 +92,4 @@ _NUMERIC_COLUMNS = {"amount", "amount_charged", "amount_refunded", "reason_code"
 
 
 def _column(gateway: Gateway, name: str) -> set[str]:
-    engine = sa.create_engine(gateway.database_url)
-    try:
-        with engine.connect() as conn:
-            return {r[0] for r in conn.execute(sa.text(f"SELECT {name} FROM transactions"))}
-    finally:
-        engine.dispose()
+    return {r[0] for r in query(gateway.database_url, f"SELECT {name} FROM transactions")}

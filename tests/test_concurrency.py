@@ -7,9 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import sqlalchemy as sa
 
-from tests.support import Gateway, cryptopay, new_invoice, payment_body, start_gateway, token
+from tests.support import Gateway, cryptopay, new_invoice, payment_body, query, start_gateway, token
 
 PARALLEL = 50
 
@@ -35,19 +34,12 @@ def test_fifty_parallel_payments_of_one_invoice_make_one_payment(
             assert "already used" in response.json()["message"]
     winner = next(r.json() for r in responses if r.status_code == 200)
 
-    engine = sa.create_engine(database_url)
-    try:
-        with engine.connect() as conn:
-            rows = conn.execute(
-                sa.text("SELECT id, status FROM transactions WHERE invoice_id = :i"),
-                {"i": invoice},
-            ).all()
-            ledger = conn.execute(
-                sa.text("SELECT count(*) FROM simulator_ledger WHERE reference = :r"),
-                {"r": winner["id"]},
-            ).scalar_one()
-    finally:
-        engine.dispose()
+    rows = query(
+        database_url, "SELECT id, status FROM transactions WHERE invoice_id = :i", i=invoice
+    )
+    [(ledger,)] = query(
+        database_url, "SELECT count(*) FROM simulator_ledger WHERE reference = :r", r=winner["id"]
+    )
     assert [(r.id, r.status) for r in rows] == [(winner["id"], "AUTH")]
     assert ledger == 1
 

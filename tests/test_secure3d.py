@@ -11,7 +11,6 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import sqlalchemy as sa
 
 from tests.secure3d_support import (
     MASTERCARD_3DS,
@@ -26,19 +25,24 @@ from tests.secure3d_support import (
     pass_acs,
     start,
 )
-from tests.support import Gateway, cryptopay, new_invoice, pay, payment_body, start_gateway, token
+from tests.support import (
+    Gateway,
+    cryptopay,
+    new_invoice,
+    pay,
+    payment_body,
+    query,
+    start_gateway,
+    token,
+)
 
 
 def status(gw: Gateway, tx_id: str) -> tuple[str, int, bool]:
-    engine = sa.create_engine(gw.database_url)
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.text("SELECT status, reason_code, secure FROM transactions WHERE id = :i"),
-                {"i": tx_id},
-            ).one()
-    finally:
-        engine.dispose()
+    [row] = query(
+        gw.database_url,
+        "SELECT status, reason_code, secure FROM transactions WHERE id = :i",
+        i=tx_id,
+    )
     return str(row[0]), int(row[1]), bool(row[2])
 
 
