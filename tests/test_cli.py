@@ -154,6 +154,7 @@ def test_production_mode_with_keys_still_needs_an_acquirer(tmp_path: Path) -> No
         "TOLEM_RSA_PRIVATE_KEY_FILE": str(pem),
         "TOLEM_TOKEN_KEY": base64.b64encode(os.urandom(32)).decode(),
         "TOLEM_FINGERPRINT_KEY": base64.b64encode(os.urandom(32)).decode(),
+        "TOLEM_CARD_KEY": base64.b64encode(os.urandom(32)).decode(),
     }
     result = subprocess.run(
         [sys.executable, "-m", "tolem", "serve", "--port", "1"],

@@ -5,12 +5,18 @@ The table in README.md is the user-facing list; keep the two in step (a test doe
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CSP_SOURCE = re.compile(
+    r"'self'|'none'|\*|[a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?[a-z0-9*.-]+(:([0-9]+|\*))?",
+    re.IGNORECASE,
+)
 
 
 class Mode(StrEnum):
@@ -57,6 +63,17 @@ class Settings(BaseSettings):
         description="Base64 of 32 random bytes keying card fingerprints "
         "(required in production; sandbox generates one in data_dir).",
     )
+    card_key: str = Field(
+        "",
+        description="Base64 of exactly 32 random bytes: the key-encryption key of saved "
+        "cards (required in production; sandbox generates one in data_dir).",
+    )
+    payform_frame_ancestors: str = Field(
+        "*",
+        description="Who may embed the hosted payment page in a frame (the widget): a "
+        "Content-Security-Policy `frame-ancestors` source list, e.g. "
+        "`https://shop.kz https://*.shop.kz`; `*` allows any site.",
+    )
     acquirer: str = Field(
         "",
         description="Import path `module:factory` of the acquirer connector for non-test "
@@ -86,6 +103,15 @@ class Settings(BaseSettings):
         if value not in (2048, 3072, 4096):
             raise ValueError("must be 2048, 3072 or 4096")
         return value
+
+    @field_validator("payform_frame_ancestors")
+    @classmethod
+    def _sources(cls, value: str) -> str:
+        # It is written into a header: a source list, nothing that could end the directive.
+        sources = value.split()
+        if not sources or not all(_CSP_SOURCE.fullmatch(source) for source in sources):
+            raise ValueError("must be a space-separated list of sources such as https://shop.kz")
+        return " ".join(sources)
 
     @field_validator("log_level")
     @classmethod

@@ -1,4 +1,4 @@
-"""The gateway's keys: the cryptogram RSA key, the token key and the fingerprint key.
+"""The gateway's keys: the cryptogram RSA key, the token, fingerprint and card keys.
 
 Sandbox mode generates them on first start and keeps them in ``<data_dir>/keys`` (files
 readable by the owner only), so every worker and every restart uses the same keys.
@@ -31,6 +31,7 @@ class Keyring:
     rsa_private: rsa.RSAPrivateKey
     token_key: bytes
     fingerprint_key: bytes
+    card_key: bytes  # the key-encryption key of saved cards (exactly 32 bytes)
 
     @property
     def public_pem(self) -> bytes:
@@ -52,6 +53,7 @@ def _configured_keyring(settings: Settings) -> Keyring:
             ("TOLEM_RSA_PRIVATE_KEY_FILE", settings.rsa_private_key_file),
             ("TOLEM_TOKEN_KEY", settings.token_key),
             ("TOLEM_FINGERPRINT_KEY", settings.fingerprint_key),
+            ("TOLEM_CARD_KEY", settings.card_key),
         )
         if not value
     ]
@@ -62,6 +64,7 @@ def _configured_keyring(settings: Settings) -> Keyring:
         rsa_private=_read_rsa(settings.rsa_private_key_file),
         token_key=_decode_key("TOLEM_TOKEN_KEY", settings.token_key),
         fingerprint_key=_decode_key("TOLEM_FINGERPRINT_KEY", settings.fingerprint_key),
+        card_key=_decode_key("TOLEM_CARD_KEY", settings.card_key, exact=True),
     )
 
 
@@ -79,10 +82,12 @@ def _sandbox_keyring(settings: Settings) -> Keyring:
         _create_once(rsa_file, pem)
     token_key = settings.token_key or _sandbox_secret(folder / "token.key")
     fingerprint_key = settings.fingerprint_key or _sandbox_secret(folder / "fingerprint.key")
+    card_key = settings.card_key or _sandbox_secret(folder / "card.key")
     return Keyring(
         rsa_private=_read_rsa(rsa_file),
         token_key=_decode_key("token key", token_key),
         fingerprint_key=_decode_key("fingerprint key", fingerprint_key),
+        card_key=_decode_key("card key", card_key, exact=True),
     )
 
 
@@ -119,11 +124,13 @@ def _read_rsa(path: Path) -> rsa.RSAPrivateKey:
     return key
 
 
-def _decode_key(name: str, value: str) -> bytes:
+def _decode_key(name: str, value: str, *, exact: bool = False) -> bytes:
     try:
         raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise KeyConfigError(f"{name} is not base64") from exc
+    if exact and len(raw) != 32:  # an AES-256 key: a longer one would be cut silently
+        raise KeyConfigError(f"{name} must hold exactly 32 bytes")
     if len(raw) < 32:
         raise KeyConfigError(f"{name} must hold at least 32 bytes")
     return raw

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from tolem.cards.vault import CardVault
 from tolem.config import Settings
 from tolem.db.engine import Database
 from tolem.keys import Keyring, load_keyring
@@ -22,6 +23,7 @@ class Runtime:
     db: Database
     keys: Keyring
     sealer: TokenSealer
+    vault: CardVault
     simulator: Simulator
     acquirer: Acquirer | None  # the live connector; None in sandbox mode
 
@@ -41,6 +43,7 @@ class Runtime:
             db=db,
             keys=keys,
             sealer=TokenSealer(keys.token_key),
+            vault=CardVault(keys.card_key),
             simulator=Simulator(
                 db,
                 root_key=keys.token_key,

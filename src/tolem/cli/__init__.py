@@ -117,7 +117,7 @@ def serve(
 def _environment(settings: Settings) -> dict[str, str]:
     env = {}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if name in ("token_key", "fingerprint_key") and not value:
+        if name in ("token_key", "fingerprint_key", "card_key") and not value:
             continue
         env[f"TOLEM_{name.upper()}"] = str(value.value if isinstance(value, Mode) else value)
     env["TOLEM_DATA_DIR"] = str(settings.data_dir.resolve())

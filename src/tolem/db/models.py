@@ -1,5 +1,6 @@
 """Every table, imported in one place so that metadata and migrations see them all."""
 
+from tolem.cards.models import SavedCard
 from tolem.db.base import Base
 from tolem.merchants.models import Merchant, Terminal
 from tolem.payments.models import Transaction, TransactionEvent
@@ -10,6 +11,7 @@ __all__ = [
     "Base",
     "LedgerEntry",
     "Merchant",
+    "SavedCard",
     "Terminal",
     "Transaction",
     "TransactionEvent",

@@ -82,24 +82,8 @@ def _pay(
         card, card_terminal = decrypt(rt.keys.rsa_private, body.cryptogram)
     except CryptogramError as exc:
         raise BadRequest(str(exc), code=477, **_invoice_of(data)) from exc
-    terminal_id = service.check_binding(token, body, card_terminal)
     ctx = service.PaymentContext(token=token, ip=ip)
-    with rt.db.write() as session:
-        tx, terminal = service.claim(session, ctx, body, terminal_id, card, rt.keys.fingerprint_key)
-    result = service.authorize(rt.acquirer_for(terminal), tx, terminal, card)
-    if result is None:
-        raise service.unreachable(tx)
-    if result.challenge is not None:
-        with rt.db.write() as session:
-            service.await_authentication(
-                session, tx, result.challenge, timeout=rt.settings.secure3d_timeout
-            )
-        return tx, result.challenge
-    with rt.db.write() as session:
-        tx = service.finish(session, tx, result, capture=not terminal.two_step)
-    if not service.succeeded(tx):
-        raise service.declined(tx)
-    return tx, None
+    return service.pay(rt, ctx, body.order(), card, card_terminal)
 
 
 def _invoice_of(data: dict[str, Any]) -> dict[str, str]:

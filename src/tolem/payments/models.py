@@ -39,7 +39,7 @@ class Status(StrEnum):
 
     @property
     def succeeded(self) -> bool:
-        return self in (Status.AUTH, Status.CHARGE)
+        return self in (Status.AUTH, Status.CHARGE, Status.VERIFIED)
 
 
 class Transaction(Base):
@@ -77,6 +77,9 @@ class Transaction(Base):
 
     post_link: Mapped[str] = mapped_column(Text, default="")
     failure_post_link: Mapped[str] = mapped_column(Text, default="")
+    # Where the hosted page sends the cardholder afterwards (EPAY.md section 9).
+    back_link: Mapped[str] = mapped_column(Text, default="", server_default="")
+    failure_back_link: Mapped[str] = mapped_column(Text, default="", server_default="")
     secret_hash: Mapped[str] = mapped_column(Text, default="")
 
     # Card: never the PAN, never the CVC.
@@ -95,6 +98,10 @@ class Transaction(Base):
     # until three_ds_expires_at (then it fails with 473).
     three_ds_md: Mapped[str | None] = mapped_column(String(64), unique=True)
     three_ds_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # The challenge itself, so that the hosted page can send the cardholder to the ACS
+    # again after a reload (both are public: they travel through the browser anyway).
+    three_ds_pa_req: Mapped[str] = mapped_column(Text, default="", server_default="")
+    three_ds_action: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     amount_charged: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))
     amount_refunded: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))

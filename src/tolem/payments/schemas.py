@@ -10,6 +10,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 
 from tolem import fields
 from tolem.errors import FORMAT_ERROR
+from tolem.payments.service import PaymentOrder
 
 _TEXT_LIMITS = {
     "name": 200,
@@ -61,6 +62,27 @@ class CryptopayBody(BaseModel):
     language: str = Field("rus", description="rus, kaz or eng (any case, RU/KZ/EN too).")
     terminal_id: str = Field("", validation_alias=AliasChoices("terminalId", "terminalID"))
     payment_type: str = Field("", validation_alias=AliasChoices("paymentType", "paymenttype"))
+
+    def order(self) -> PaymentOrder:
+        """The domain's view of this body (the cryptogram is decrypted separately)."""
+        return PaymentOrder(
+            amount=self.amount,
+            currency=self.currency,
+            name=self.name,
+            invoice_id=self.invoice_id,
+            description=self.description,
+            invoice_id_alt=self.invoice_id_alt,
+            account_id=self.account_id,
+            email=self.email,
+            phone=self.phone,
+            post_link=self.post_link,
+            failure_post_link=self.failure_post_link,
+            card_save=self.card_save,
+            data=self.data,
+            language=self.language,
+            terminal_id=self.terminal_id,
+            payment_type=self.payment_type,
+        )
 
     @field_validator("amount", mode="before")
     @classmethod

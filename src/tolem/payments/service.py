@@ -17,19 +17,21 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tolem import carddata, reasons
+from tolem.cards import service as cards
+from tolem.cards.vault import CardVault
 from tolem.db.base import utcnow
 from tolem.errors import API_ERROR, BadRequest, PaymentDeclined
 from tolem.merchants import service as merchants
 from tolem.merchants.models import Terminal
 from tolem.oauth.tokens import AccessToken
 from tolem.payments.models import Status, Transaction, TransactionEvent
-from tolem.payments.schemas import CryptopayBody
 from tolem.processor.base import (
     Acquirer,
     AuthorizationRequest,
@@ -38,10 +40,17 @@ from tolem.processor.base import (
     ProcessorResult,
 )
 
+if TYPE_CHECKING:
+    from tolem.runtime import Runtime
+
 log = logging.getLogger("tolem.payments")
 
 #: Reason codes of a failed 3-D Secure check: such a payment ends with status "3D".
 SECURE3D_FAILURES = frozenset({473, 496, 499})
+
+
+#: ``paymentType`` of a card verification: amount 0, the card checked and saved.
+CARD_VERIFICATION = "cardVerification"
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,35 @@ class PaymentContext:
     ip: str
 
 
-def _reject(message: str, body: CryptopayBody, *, code: int = API_ERROR) -> BadRequest:
+@dataclass(frozen=True)
+class PaymentOrder:
+    """What a shop asks to be paid, whichever way it arrived (cryptopay or the page)."""
+
+    amount: Decimal
+    currency: str
+    name: str
+    invoice_id: str
+    description: str
+    invoice_id_alt: str = ""
+    account_id: str = ""
+    email: str = ""
+    phone: str = ""
+    post_link: str = ""
+    failure_post_link: str = ""
+    card_save: bool = False
+    data: str = ""
+    language: str = "rus"
+    terminal_id: str = ""
+    payment_type: str = ""
+    back_link: str = ""
+    failure_back_link: str = ""
+
+    @property
+    def is_verification(self) -> bool:
+        return self.payment_type.lower() == CARD_VERIFICATION.lower()
+
+
+def _reject(message: str, body: PaymentOrder, *, code: int = API_ERROR) -> BadRequest:
     return BadRequest(message, code=code, **_invoice_fields(body.invoice_id, body.account_id))
 
 
@@ -58,7 +95,7 @@ def _invoice_fields(invoice_id: str, account_id: str, tx_id: str = "") -> dict[s
     return {"invoiceId": invoice_id, "id": tx_id, "reference": "", "accountId": account_id}
 
 
-def check_binding(token: AccessToken, body: CryptopayBody, card_terminal: str) -> str:
+def check_binding(token: AccessToken, body: PaymentOrder, card_terminal: str) -> str:
     """The terminal this payment runs on, after checking it against the token's binding."""
     if token.invoice_id and token.invoice_id != body.invoice_id:
         raise _reject(f"the token is bound to invoice {token.invoice_id}", body)
@@ -85,16 +122,22 @@ def check_binding(token: AccessToken, body: CryptopayBody, card_terminal: str) -
 def claim(
     session: Session,
     ctx: PaymentContext,
-    body: CryptopayBody,
+    body: PaymentOrder,
     terminal_id: str,
     card: Card,
-    fingerprint_key: bytes,
+    keys: tuple[bytes, CardVault],
 ) -> tuple[Transaction, Terminal]:
+    """Insert the payment as NEW, taking its invoice; hold its card if it is to be saved."""
+    fingerprint_key, vault = keys
     terminal = merchants.terminal_of(session, ctx.token.merchant_id, terminal_id)
     if terminal is None:
         raise _reject("terminal not found for this client", body, code=464)
     if not terminal.accepts(body.currency):
         raise _reject(f"the terminal does not accept {body.currency}", body)
+    if body.is_verification and body.amount != 0:
+        raise _reject("a card verification has amount 0", body, code=470)
+    if not body.is_verification and body.amount <= 0:
+        raise _reject("amount: must be greater than zero", body, code=470)
     token = ctx.token
     tx = Transaction(
         merchant_id=token.merchant_id,
@@ -105,7 +148,7 @@ def claim(
         amount=body.amount,
         currency=body.currency,
         status=Status.NEW.value,
-        payment_type=body.payment_type or "card",
+        payment_type=CARD_VERIFICATION if body.is_verification else body.payment_type or "card",
         description=body.description,
         account_id=body.account_id,
         email=body.email,
@@ -117,6 +160,8 @@ def claim(
         post_link=body.post_link or token.post_link,
         failure_post_link=body.failure_post_link or token.failure_post_link,
         secret_hash=token.secret_hash,
+        back_link=body.back_link,
+        failure_back_link=body.failure_back_link,
         card_mask=carddata.mask(card.pan),
         card_fingerprint=carddata.fingerprint(fingerprint_key, card.pan),
         card_type=carddata.brand(card.pan),
@@ -131,6 +176,8 @@ def claim(
             body,
         ) from None
     session.add(_event(tx, "created"))
+    if body.card_save or body.is_verification:  # a verification exists to save the card
+        cards.hold(session, vault, tx, card)
     return tx, terminal
 
 
@@ -155,10 +202,11 @@ def authorize(
         amount=tx.amount,
         currency=tx.currency,
         card=card,
-        capture=not terminal.two_step,
+        capture=not terminal.two_step and tx.payment_type != CARD_VERIFICATION,
         secure3d=terminal.secure3d,
         merchant_name=terminal.name,
         language=tx.language,
+        verify=tx.payment_type == CARD_VERIFICATION,
     )
     try:
         return acquirer.authorize(request)
@@ -175,11 +223,18 @@ def await_authentication(
     done = session.execute(
         update(Transaction)
         .where(Transaction.id == tx.id, Transaction.status == Status.NEW.value)
-        .values(three_ds_md=challenge.md, three_ds_expires_at=expires, updated_at=utcnow())
+        .values(
+            three_ds_md=challenge.md,
+            three_ds_expires_at=expires,
+            three_ds_pa_req=challenge.pa_req,
+            three_ds_action=challenge.action,
+            updated_at=utcnow(),
+        )
     )
     if done.rowcount != 1:  # type: ignore[attr-defined]
         raise BadRequest("transaction is no longer in progress", code=469)
     tx.three_ds_md, tx.three_ds_expires_at = challenge.md, expires
+    tx.three_ds_pa_req, tx.three_ds_action = challenge.pa_req, challenge.action
     session.add(_event(tx, "3ds-challenge"))
 
 
@@ -201,7 +256,10 @@ def finish(
     # "secure" means the cardholder passed 3-D Secure, not merely that it was tried.
     secure = secure and result.reason_code not in SECURE3D_FAILURES
     if result.approved:
-        status = Status.CHARGE if capture else Status.AUTH
+        if tx.payment_type == CARD_VERIFICATION:
+            status = Status.VERIFIED  # checked, no money moved
+        else:
+            status = Status.CHARGE if capture else Status.AUTH
         values: dict[str, object] = {
             "status": status.value,
             "reason_code": 0,
@@ -210,7 +268,7 @@ def finish(
             "approval_code": result.approval_code,
             "int_reference": result.int_reference,
             "issuer": result.issuer,
-            "amount_charged": tx.amount if capture else Decimal("0.00"),
+            "amount_charged": tx.amount if status is Status.CHARGE else Decimal("0.00"),
             "secure": secure,
             "updated_at": now,
         }
@@ -239,6 +297,10 @@ def finish(
         return current
     for key, value in values.items():
         setattr(tx, key, value)
+    card_id = cards.settle(session, tx, approved=result.approved)
+    if card_id:
+        session.execute(update(Transaction).where(Transaction.id == tx.id).values(card_id=card_id))
+        tx.card_id = card_id
     session.add(_event(tx, "authorized" if result.approved else "declined"))
     log.info(
         "payment %s invoice=%s card=%s status=%s code=%s",
@@ -249,6 +311,36 @@ def finish(
         tx.reason_code,
     )
     return tx
+
+
+def pay(
+    rt: Runtime, ctx: PaymentContext, order: PaymentOrder, card: Card, card_terminal: str
+) -> tuple[Transaction, Challenge | None]:
+    """The payment core shared by cryptopay and the hosted page: claim, authorize, finish.
+
+    Returns the transaction and, when the issuer wants 3-D Secure, its challenge (the
+    payment then stays NEW). Raises :class:`BadRequest` for a refused order and
+    :class:`PaymentDeclined` for a declined or unanswered payment.
+    """
+    terminal_id = check_binding(ctx.token, order, card_terminal)
+    with rt.db.write() as session:
+        tx, terminal = claim(
+            session, ctx, order, terminal_id, card, (rt.keys.fingerprint_key, rt.vault)
+        )
+    result = authorize(rt.acquirer_for(terminal), tx, terminal, card)
+    if result is None:
+        raise unreachable(tx)
+    if result.challenge is not None:
+        with rt.db.write() as session:
+            await_authentication(
+                session, tx, result.challenge, timeout=rt.settings.secure3d_timeout
+            )
+        return tx, result.challenge
+    with rt.db.write() as session:
+        tx = finish(session, tx, result, capture=not terminal.two_step)
+    if not succeeded(tx):
+        raise declined(tx)
+    return tx, None
 
 
 def succeeded(tx: Transaction) -> bool:

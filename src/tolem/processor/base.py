@@ -46,6 +46,7 @@ class AuthorizationRequest:
     secure3d: str = Secure3DPolicy.CARD
     merchant_name: str = ""  # shown by the issuer's 3-D Secure page
     language: str = "rus"
+    verify: bool = False  # card verification: check the card, move no money (amount 0)
 
 
 @dataclass(frozen=True, slots=True)

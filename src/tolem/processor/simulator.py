@@ -56,7 +56,8 @@ class LedgerEntry(Base):
     __tablename__ = "simulator_ledger"
 
     reference: Mapped[str] = mapped_column(String(64), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # authorize, sale, capture, void, refund
+    # authorize, sale, verify, capture, void, refund; 3ds-<kind> while a challenge is pending
+    kind: Mapped[str] = mapped_column(String(16))
     auth_reference: Mapped[str] = mapped_column(String(64), default="", index=True)
     amount: Mapped[Decimal] = mapped_column(Money())
     approved: Mapped[bool] = mapped_column(Boolean)
@@ -130,6 +131,12 @@ def decide(card: Card, today: datetime | None = None) -> int:
     if not cvc.isdigit() or len(cvc) != carddata.cvc_length(card.pan):
         return 477
     return 0
+
+
+def _kind(request: AuthorizationRequest) -> str:
+    if request.verify:
+        return "verify"
+    return "sale" if request.capture else "authorize"
 
 
 def _pad_cvc(card: Card) -> str:
@@ -213,7 +220,7 @@ class Simulator:
             return self._challenge(request, code)
         entry = _settled(
             request.reference,
-            "sale" if request.capture else "authorize",
+            _kind(request),
             request.amount,
             code,
             issuer=ISSUERS.get(request.card.pan[:6], ""),
@@ -244,7 +251,7 @@ class Simulator:
         acs = AcsSession(md=md, reference=request.reference, pa_req=pa_req, otp=_digits(6))
         pending = LedgerEntry(
             reference=request.reference,
-            kind="3ds-sale" if request.capture else "3ds-auth",
+            kind=f"3ds-{_kind(request)}",
             amount=request.amount,
             approved=False,
             reason_code=code,  # the decision, applied once the cardholder has passed
@@ -318,7 +325,7 @@ class Simulator:
         code = pending.reason_code if passed else int(claims.get("rc") or 473)
         entry = _settled(
             f"{reference}/3ds",
-            pending.kind.removeprefix("3ds-").replace("auth", "authorize"),
+            pending.kind.removeprefix("3ds-"),
             pending.amount,
             code,
             issuer=pending.issuer,

@@ -1,4 +1,4 @@
-"""3-D Secure over HTTP: /payment/confirm, the hosted TermUrl, the ACS and result pages."""
+"""3-D Secure over HTTP: /payment/confirm, the hosted TermUrl and the simulator's ACS."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from starlette.responses import RedirectResponse, Response
 from tolem import fields, reasons, wire
 from tolem.errors import BadRequest, TolemError
 from tolem.oauth import service as oauth
+from tolem.pages import lang_of, render
 from tolem.payments import service as payments
 from tolem.runtime import Runtime, runtime
 from tolem.secure3d import service
 from tolem.secure3d.codec import SealError
-from tolem.secure3d.pages import lang_of, render
 
 api = APIRouter(tags=["3-D Secure"])
 pages = APIRouter(include_in_schema=False)
@@ -32,7 +32,7 @@ _CONFIRM_SCHEMA: dict[str, Any] = {
 }
 
 
-async def _fields(request: Request) -> dict[str, str]:
+async def form_fields(request: Request) -> dict[str, str]:
     """A JSON or form body as text fields, names lower-cased (ID, Id, id are one)."""
     raw = await request.body()
     if "json" in request.headers.get("content-type", ""):
@@ -62,7 +62,7 @@ async def _fields(request: Request) -> dict[str, str]:
 )
 async def confirm(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
-    data = await _fields(request)
+    data = await form_fields(request)
     missing = [name for name in ("id", "pares", "md") if not data.get(name)]
     if missing:
         raise BadRequest(f"{', '.join(missing)}: required", code=477)
@@ -95,7 +95,7 @@ async def confirm_payment_hosted(
     request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
     """The TermUrl the mobile SDK uses: ``?Access=<access_token>``; the gateway confirms."""
-    data = await _fields(request)
+    data = await form_fields(request)
     access = request.query_params.get("Access") or request.query_params.get("access")
 
     def complete() -> str:
@@ -121,13 +121,13 @@ async def confirm_payment_hosted(
 
 @pages.post("/acs/pa")
 async def acs_page(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    data = await _fields(request)
+    data = await form_fields(request)
     return await run_in_threadpool(_acs, rt, data, None)
 
 
 @pages.post("/acs/pa/answer")
 async def acs_answer(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    data = await _fields(request)
+    data = await form_fields(request)
     return await run_in_threadpool(_acs, rt, data, data.get("action", "confirm"))
 
 
@@ -144,6 +144,7 @@ def _acs(rt: Runtime, data: dict[str, str], action: str | None) -> Response:
         return render(
             "result.html",
             lang=lang,
+            frame_ancestors=rt.settings.payform_frame_ancestors,
             status_code=400,
             success=False,
             invoice="",
@@ -159,6 +160,7 @@ def _acs(rt: Runtime, data: dict[str, str], action: str | None) -> Response:
             return render(
                 "autopost.html",
                 lang=lang,
+                frame_ancestors=rt.settings.payform_frame_ancestors,
                 action=term_url,
                 fields=[("PaRes", answer.pa_res), ("MD", acs.md)],
             )
@@ -166,6 +168,7 @@ def _acs(rt: Runtime, data: dict[str, str], action: str | None) -> Response:
     return render(
         "acs.html",
         lang=lang,
+        frame_ancestors=rt.settings.payform_frame_ancestors,
         merchant=claims.get("merchant", ""),
         amount=claims["amount"],
         currency=claims.get("currency", ""),
@@ -177,56 +180,3 @@ def _acs(rt: Runtime, data: dict[str, str], action: str | None) -> Response:
         answer_url="/acs/pa/answer",
         attempts_left=attempts_left,
     )
-
-
-# --- where the cardholder lands -------------------------------------------------------
-
-
-@pages.get("/payform/success.html")
-def success_page(request: Request) -> Response:
-    q = request.query_params
-    return render(
-        "result.html",
-        lang=lang_of(q.get("language")),
-        success=True,
-        invoice=q.get("invoiceID", ""),
-        amount=_amount(q.get("amount")),
-        currency=q.get("currency", ""),
-        reference=q.get("reference", ""),
-        code="",
-        message="",
-    )
-
-
-@pages.get("/payform/")
-def error_page(request: Request) -> Response:
-    q = request.query_params
-    code = q.get("code") or q.get("errorCode") or ""
-    if not code:
-        return render(
-            "result.html",
-            lang=lang_of(q.get("language")),
-            status_code=404,
-            success=False,
-            invoice="",
-            amount="",
-            code=404,
-            message="The hosted payment page is not available yet",
-        )
-    text = reasons.message(int(code)) if code.isdigit() else q.get("message", "")
-    return render(
-        "result.html",
-        lang=lang_of(q.get("language")),
-        success=False,
-        invoice=q.get("invoiceID", ""),
-        amount="",
-        code=code,
-        message=q.get("message") or text,
-    )
-
-
-def _amount(value: str | None) -> str:
-    try:
-        return str(fields.amount(value)) if value else ""
-    except fields.FieldError:
-        return ""

@@ -60,8 +60,15 @@ def find(session: Session, token: AccessToken, *, tx_id: str = "", md: str = "")
 
 
 def confirm(rt: Runtime, token: AccessToken, *, tx_id: str, pa_res: str, md: str) -> Transaction:
+    """Confirm the token's merchant's payment ``tx_id`` with the ACS's answer."""
     with rt.db.read() as session:
         tx = find(session, token, tx_id=tx_id, md=md)
+    return complete(rt, tx, pa_res=pa_res, md=md)
+
+
+def complete(rt: Runtime, tx: Transaction, *, pa_res: str, md: str) -> Transaction:
+    """Complete a payment the caller has already found (and scoped) with the ACS's answer."""
+    with rt.db.read() as session:
         terminal = session.get(Terminal, tx.terminal_id)
     assert terminal is not None
     if tx.status != Status.NEW.value or not tx.three_ds_md:

@@ -1,0 +1,1 @@
+"""Saved cards: the encrypted card vault behind cardSave and card verification."""

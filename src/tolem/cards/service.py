@@ -1,0 +1,70 @@
+"""Saving cards: held with their payment, kept only if the payment succeeds.
+
+A card to save is sealed when its payment is claimed (the only moment tolem holds the
+card number: after 3-D Secure there is no card data left to save) and stays pending.
+When the payment is decided, :func:`settle` runs in the same transaction: approved,
+the card becomes active and its id is the payment's cardID; declined or expired, the
+sealed card is deleted.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tolem.cards.models import CardState, SavedCard
+from tolem.cards.vault import CardVault
+from tolem.db.base import new_id, utcnow
+from tolem.payments.models import Transaction
+from tolem.processor.base import Card
+
+
+def hold(session: Session, vault: CardVault, tx: Transaction, card: Card) -> SavedCard:
+    """Seal the card of a payment being claimed; pending until the payment is decided."""
+    card_id = new_id()
+    sealed = vault.seal(card, bound_to=card_id)
+    saved = SavedCard(
+        id=card_id,
+        merchant_id=tx.merchant_id,
+        terminal_id=tx.terminal_id,
+        account_id=tx.account_id,
+        transaction_id=tx.id,
+        state=CardState.PENDING.value,
+        card_mask=tx.card_mask,
+        card_fingerprint=tx.card_fingerprint,
+        card_type=tx.card_type,
+        payer_name=tx.payer_name,
+        key_id=sealed.key_id,
+        sealed=sealed.blob,
+    )
+    session.add(saved)
+    return saved
+
+
+def settle(session: Session, tx: Transaction, *, approved: bool) -> str:
+    """Keep or drop the card held by this payment; the cardID, or "" if none."""
+    pending = session.scalars(
+        select(SavedCard).where(
+            SavedCard.transaction_id == tx.id, SavedCard.state == CardState.PENDING.value
+        )
+    ).first()
+    if pending is None:
+        return ""
+    if not approved:
+        session.delete(pending)  # nothing of a failed payment's card is kept
+        return ""
+    # The same customer saving the same card again gets the card id they already have.
+    existing = session.scalars(
+        select(SavedCard).where(
+            SavedCard.merchant_id == tx.merchant_id,
+            SavedCard.account_id == tx.account_id,
+            SavedCard.card_fingerprint == tx.card_fingerprint,
+            SavedCard.state == CardState.ACTIVE.value,
+        )
+    ).first()
+    if existing is not None:
+        session.delete(pending)
+        return existing.id
+    pending.state = CardState.ACTIVE.value
+    pending.updated_at = utcnow()
+    return pending.id
