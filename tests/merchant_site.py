@@ -1,13 +1,17 @@
-"""A minimal shop for browser tests: checkout by cryptopay, 3-D Secure, confirm.
+"""A minimal shop for browser tests: the hosted page, and checkout by cryptopay.
 
-What a real integration does server-side, in a few lines: take a token, encrypt the
-card, call cryptopay; on 3-D Secure render the document's auto-submit form; on the
-TermUrl call /payment/confirm and send the browser where the gateway says.
+What a real integration does, in a few lines. Hosted page: take a token server-side
+and hand it to a page that loads /payform/payment-api.js and calls halyk.pay() (or
+showPaymentWidget) with the original document's payment object. Host-to-host: take a
+token, encrypt the card, call cryptopay; on 3-D Secure render the document's
+auto-submit form; on the TermUrl call /payment/confirm and send the browser where the
+gateway says.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -42,8 +46,100 @@ THREE_D_FORM = """<body onload="javascript:OnLoadEvent();">
 </SCRIPT>"""
 
 
+# The shop's page for the hosted form: the payment object of the original document
+# (seed-payment-page.en.txt), with this shop's links and a fresh invoice and token.
+HALYK_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>Shop checkout</title><link rel="icon" href="data:,">
+<script src="{script}"></script></head>
+<body>
+<h1>Shop checkout</h1>
+<button id="{button}">Pay</button>
+<p id="outcome"></p>
+<script>
+var auth = {auth};
+var createPaymentObject = function(auth, invoiceId, amount) {{
+    var paymentObject = {{
+        invoiceId: invoiceId,
+        invoiceIdAlt: "8564546",
+        backLink: {back_link},
+        failureBackLink: {failure_back_link},
+        postLink: "https://example.kz/",
+        failurePostLink: "https://example.kz/order/1123/fail",
+        language: {language},
+        description: {description},
+        accountId: "testuser1",
+        terminal: "67e34d63-102f-4bd1-898e-370781d0074d",
+        amount: amount,
+        data: {data},
+        currency: {currency},
+        phone: "77777777777",
+        email: "example@example.com"
+    }};
+    {extra}
+    paymentObject.auth = auth;
+    return paymentObject;
+}};
+document.getElementById("{button}").addEventListener("click", function () {{
+    var payment = createPaymentObject(auth, {invoice}, {amount});
+    {call}
+}});
+</script>
+</body></html>"""
+
+WIDGET_CALL = """halyk.showPaymentWidget(payment, function (result) {
+        window.widgetResult = result;
+        document.getElementById("outcome").textContent = JSON.stringify(result);
+    });"""
+
+
+def _js(value: object) -> str:
+    """A JavaScript literal that is safe inside <script> (no "</script>" can end it)."""
+    return json.dumps(value).replace("</", "<\\/")
+
+
 def shop_app(gw: Gateway, base: str) -> Starlette:
     tokens: dict[str, str] = {}  # transaction id -> the payment's token
+
+    async def halyk_page(request: Request) -> Response:
+        """?mode=pay|widget|verify&language=…&description=…&auto=1"""
+        q = request.query_params
+        mode = q.get("mode", "pay")
+        invoice = new_invoice()
+        verify = mode == "verify"
+        amount, currency = (0, "USD") if verify else (100, "KZT")
+        with httpx.Client(base_url=gw.base_url) as client:
+            auth = token(client, invoice=invoice, amount=amount, currency=currency)
+        extra = []
+        if verify:
+            extra.append(
+                'paymentObject.cardSave = true; paymentObject.paymentType = "cardVerification";'
+            )
+        if q.get("auto") == "1":
+            extra.append("paymentObject.autoBackLink = true;")
+        page = HALYK_PAGE.format(
+            script=f"{gw.base_url}/payform/payment-api.js",
+            button="pay-widget" if mode == "widget" else "pay",
+            auth=_js(auth),
+            back_link=_js(f"{base}/back/success"),
+            failure_back_link=_js(f"{base}/back/failure"),
+            language=_js(q.get("language", "RU")),
+            description=_js(q.get("description", "Оплата в интернет магазине")),
+            currency=_js(currency),
+            data=_js(_js({"statement": {"name": "Arman Ali", "invoiceID": "80000016"}})),
+            invoice=_js(invoice),
+            amount=amount,
+            extra=" ".join(extra),
+            call=WIDGET_CALL
+            if mode == "widget"
+            else ("halyk.cardverification(payment);" if verify else "halyk.pay(payment);"),
+        )
+        return HTMLResponse(page)
+
+    async def back(request: Request) -> Response:
+        outcome = request.path_params["outcome"]
+        return HTMLResponse(
+            f"<link rel='icon' href='data:,'><h1 id='back'>{html.escape(outcome)}</h1>"
+        )
 
     async def checkout(request: Request) -> Response:
         card = request.query_params["card"].split(",")
@@ -82,7 +178,12 @@ def shop_app(gw: Gateway, base: str) -> Starlette:
         return RedirectResponse(answer.json()["redirectUrl"], status_code=303)
 
     return Starlette(
-        routes=[Route("/checkout", checkout), Route("/3dres", three_d_result, methods=["POST"])]
+        routes=[
+            Route("/checkout", checkout),
+            Route("/3dres", three_d_result, methods=["POST"]),
+            Route("/halyk", halyk_page),
+            Route("/back/{outcome}", back),
+        ]
     )
 
 

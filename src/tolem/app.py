@@ -19,6 +19,7 @@ from tolem.config import Settings
 from tolem.errors import install_handlers
 from tolem.oauth.endpoints import router as oauth_router
 from tolem.operations.endpoints import router as status_router
+from tolem.payform.endpoints import router as payform_router
 from tolem.payments.endpoints import router as payments_router
 from tolem.runtime import Runtime
 from tolem.secure3d.endpoints import api as secure3d_api
@@ -144,6 +145,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.include_router(api_router())
     app.include_router(api_router(), prefix="/api", include_in_schema=False)
     app.include_router(secure3d_pages)
+    app.include_router(payform_router)
     # Shops call the token endpoint and the API from browser pages.
     app.add_middleware(
         CORSMiddleware,

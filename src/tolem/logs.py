@@ -15,9 +15,10 @@ from tolem import carddata
 from tolem.config import Settings
 
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{12,19}(?!\d)")
-# Bearer tokens that travel in a URL (the hosted TermUrl's ?Access=) end up in access
-# lines; they are as good as a password until they expire.
-_URL_TOKEN = re.compile(r"(?i)([?&]access=)[^&\s\"']+")
+# Bearer tokens that travel in a URL (the hosted TermUrl's ?Access=, and the payment
+# page's ?params=, which holds the whole token response) end up in access lines; they
+# are as good as a password until they expire.
+_URL_TOKEN = re.compile(r"(?i)([?&](?:access|params)=)[^&\s\"']+")
 
 
 def redact(text: str) -> str:
