@@ -1,9 +1,10 @@
 """No full PAN and no CVC in the database or the logs, after real payments.
 
 Pays with every published test card, trigger cards and a plain valid card through a
-real gateway, then looks for every PAN and CVC used: in the raw SQLite files (database
-and WAL) or a ``pg_dump`` of PostgreSQL, in every column of every row, and in the
-gateway's captured log.
+real gateway, by cryptopay (saving the card) and on the hosted page (and a card
+verification there), then looks for every PAN and CVC used: in the raw SQLite files
+(database and WAL) or a ``pg_dump`` of PostgreSQL, in every column of every row, and in
+the gateway's captured log.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from tests.payform_support import order, submit
 from tests.support import TEST_CARDS, Gateway, pay, query
 from tolem.processor.cards import trigger_pan
 
@@ -48,8 +50,18 @@ def test_no_pan_or_cvc_at_rest_or_in_logs(gateway: Gateway, tmp_path: Path) -> N
     cards = TEST_CARDS + EXTRA_CARDS
     with gateway.client() as client:
         for pan, exp, cvc, expected in cards:
-            response = pay(gateway, client, card=(pan, exp, cvc))
+            response = pay(gateway, client, card=(pan, exp, cvc), cardSave=True)
             assert response.json()["code"] == expected, (pan, response.text)
+            # The same card typed on the hosted page, which posts it in a form body.
+            page = order(gateway, client, cardSave=True)
+            typed = (pan, f"{exp[:2]}/{exp[2:]}", cvc.zfill(3 if len(cvc) < 4 else 4))
+            assert submit(client, page.params, typed).status_code == 303, pan
+        verification = order(
+            gateway, client, amount=0, currency="USD", paymentType="cardVerification"
+        )
+        assert submit(client, verification.params).status_code == 303
+    saved = query(gateway.database_url, "SELECT count(*) AS n FROM saved_cards")
+    assert saved[0].n >= 6  # the scan below covers sealed cards, not an empty table
 
     # Raw bytes: a PAN is long enough that any hit is a real leak.
     raw = _dump(gateway, tmp_path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from functools import cache
 from importlib.resources import files
 from typing import Annotated, Any
@@ -48,6 +49,7 @@ _STATIC = {
     "lz-string.min.js": "text/javascript; charset=utf-8",
 }
 _CARD_FIELDS = ("pan", "exp", "cvc", "name", "email", "phone")
+_CODE = re.compile(r"[0-9]{1,6}")
 
 
 @cache
@@ -103,7 +105,7 @@ async def payform(request: Request, rt: Annotated[Runtime, Depends(runtime)]) ->
         invoice=q.get("invoiceID", ""),
         amount="",
         code=code,
-        message=q.get("message") or (reasons.message(int(code)) if code.isdigit() else ""),
+        message=q.get("message") or (reasons.message(int(code)) if _CODE.fullmatch(code) else ""),
     )
 
 

@@ -23,7 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tolem import carddata, fields
+from tolem import carddata, fields, wire
 from tolem.errors import BadRequest, PaymentDeclined, TolemError, Unauthorized
 from tolem.merchants import service as merchants
 from tolem.merchants.models import Terminal
@@ -39,6 +39,7 @@ _DIGITS = re.compile(r"[0-9]{12,19}")
 _EXPIRY = re.compile(r"(0[1-9]|1[0-2])\s*/?\s*([0-9]{2}|20[0-9]{2})")
 _CVC = re.compile(r"[0-9]{3,4}")
 _HOST = re.compile(r"[a-z0-9.-]+(:[0-9]{1,5})?")
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 class PageRefused(Exception):
@@ -129,10 +130,13 @@ def read_card(form: CardForm) -> Card:
     cvc = form.cvc.strip()
     if not _CVC.fullmatch(cvc) or len(cvc) != carddata.cvc_length(pan):
         raise CardProblem("cvc")
-    if not form.name.strip() or len(form.name) > 200:
+    if not form.name.strip() or len(form.name) > 200 or wire.text_problem(form.name):
         raise CardProblem("name")
-    if form.email.strip() and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", form.email.strip()):
+    email = form.email.strip()
+    if email and (wire.text_problem(email) or not _EMAIL.fullmatch(email)):
         raise CardProblem("email")
+    if wire.text_problem(form.phone) or len(form.phone) > 50:
+        raise CardProblem("phone")
     year = int(expiry.group(2))
     return Card(
         pan=pan,
@@ -186,7 +190,7 @@ def handle(rt: Runtime, tx_id: str) -> str:
 
 def find(rt: Runtime, tx_id: str, key: str) -> Transaction | None:
     """The transaction of a page address, or None if the MAC is wrong."""
-    if len(tx_id) > 36 or not hmac.compare_digest(handle(rt, tx_id), key):
+    if len(tx_id) > 36 or not key.isascii() or not hmac.compare_digest(handle(rt, tx_id), key):
         return None
     with rt.db.read() as session:
         return session.get(Transaction, tx_id)
@@ -223,7 +227,10 @@ def origin(link: str) -> str:
     except fields.FieldError:
         return ""
     parts = urlsplit(checked)
-    netloc = parts.netloc.lower()
+    try:  # a browser compares the punycode of an internationalised name: магазин.қаз
+        netloc = parts.netloc.lower().encode("idna").decode("ascii")
+    except UnicodeError:
+        return ""
     # It goes into a header: only a plain host[:port], nothing that could add a directive.
     if not checked or not _HOST.fullmatch(netloc):
         return ""
