@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import html
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlsplit
@@ -226,14 +224,3 @@ def transactions(gw: Gateway, invoice: str) -> list[Any]:
 def with_query(link: str, **values: str) -> str:
     """``link`` + ``?`` + the values, as tolem appends them to a back link."""
     return f"{link}?{urlencode(values)}"
-
-
-def run_tolem(*args: str) -> subprocess.CompletedProcess[str]:
-    """The ``tolem`` command, as a user runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "tolem", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )

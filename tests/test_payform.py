@@ -41,7 +41,6 @@ from tests.payform_support import (
     params_of,
     payform_link,
     payment_object,
-    run_tolem,
     state_url,
     submit,
     transactions,
@@ -49,6 +48,7 @@ from tests.payform_support import (
 )
 from tests.secure3d_support import VISA_3DS, Pending, acs_page, answer, hidden, otp
 from tests.support import TERMINAL, Gateway, new_invoice, query, token
+from tests.test_cli import tolem
 from tolem.oauth.tokens import AccessToken, TokenSealer
 from tolem.pages import TEXT
 from tolem.payform.lzstring import compress_to_encoded_uri_component
@@ -481,7 +481,7 @@ def test_link_must_match_the_token(gateway: Gateway) -> None:
 
 def test_terminal_of_another_merchant_is_refused(gateway: Gateway) -> None:
     env_url = gateway.database_url
-    created = run_tolem(
+    created = tolem(
         "merchant", "create", "--name", "Other shop", "--json", "--database-url", env_url
     )
     assert created.returncode == 0, created.stderr

@@ -52,6 +52,13 @@ def _open(browser: Browser, viewport: dict[str, int] = DESKTOP) -> tuple[Page, l
     return page, problems
 
 
+def _to_payform(page: Page, shop_page: str) -> None:
+    """Open the shop's checkout and press its button: halyk.pay() takes us to the form."""
+    page.goto(shop_page)
+    page.click("#pay")
+    page.wait_for_url("**/payform/?params=*")
+
+
 def _type_card(page: Page, card: tuple[str, str, str], name: str = "JON JONSON") -> None:
     """Type as a person does: digits only, the page formats them."""
     page.click("#pan")
@@ -67,9 +74,7 @@ def test_halyk_pay_then_back_link_and_a_decline_to_failure_back_link(
     gateway: Gateway, shop: str, browser: Browser, backend: str
 ) -> None:
     page, problems = _open(browser)
-    page.goto(f"{shop}/halyk?mode=pay&language=EN")
-    page.click("#pay")
-    page.wait_for_url("**/payform/?params=*")
+    _to_payform(page, f"{shop}/halyk?mode=pay&language=EN")
     assert page.locator("#amount").inner_text() == "100.00"
     assert page.locator("#currency").inner_text() == "KZT"
     assert page.locator("#description").inner_text() == "Оплата в интернет магазине"
@@ -95,9 +100,7 @@ def test_halyk_pay_then_back_link_and_a_decline_to_failure_back_link(
     assert [r.status for r in rows] == ["AUTH"]
 
     # A declined card with autoBackLink: straight to failureBackLink, no result screen.
-    page.goto(f"{shop}/halyk?mode=pay&language=EN&auto=1")
-    page.click("#pay")
-    page.wait_for_url("**/payform/?params=*")
+    _to_payform(page, f"{shop}/halyk?mode=pay&language=EN&auto=1")
     _type_card(page, DECLINED)
     page.click("#pay")
     page.wait_for_url(f"{shop}/back/failure?*")
@@ -133,9 +136,7 @@ def test_widget_pays_in_an_iframe_and_calls_back_with_success(
 
 def test_a_3ds_card_through_the_page(shop: str, browser: Browser, backend: str) -> None:
     page, problems = _open(browser)
-    page.goto(f"{shop}/halyk?mode=pay&language=KZ")
-    page.click("#pay")
-    page.wait_for_url("**/payform/?params=*")
+    _to_payform(page, f"{shop}/halyk?mode=pay&language=KZ")
     assert page.locator("html").get_attribute("lang") == "kk"
     _type_card(page, (VISA_3DS[0], "12/30", VISA_3DS[2]))
     page.click("#pay")
@@ -153,9 +154,7 @@ def test_a_3ds_card_through_the_page(shop: str, browser: Browser, backend: str) 
 def test_a_description_with_markup_renders_as_text(shop: str, browser: Browser) -> None:
     page, problems = _open(browser)
     evil = '<script>window.pwned = 1</script><img src=x onerror="window.pwned = 2"><b>bold</b>'
-    page.goto(f"{shop}/halyk?mode=pay&language=EN&description={quote(evil)}")
-    page.click("#pay")
-    page.wait_for_url("**/payform/?params=*")
+    _to_payform(page, f"{shop}/halyk?mode=pay&language=EN&description={quote(evil)}")
     assert page.locator("#description").inner_text() == evil
     assert page.locator("#description b").count() == 0
     assert page.evaluate("window.pwned") is None
@@ -164,9 +163,7 @@ def test_a_description_with_markup_renders_as_text(shop: str, browser: Browser) 
 
 def test_card_verification_saves_the_card(gateway: Gateway, shop: str, browser: Browser) -> None:
     page, problems = _open(browser)
-    page.goto(f"{shop}/halyk?mode=verify&language=EN")
-    page.click("#pay")
-    page.wait_for_url("**/payform/?params=*")
+    _to_payform(page, f"{shop}/halyk?mode=verify&language=EN")
     assert page.locator("#verify-note").is_visible()
     assert page.locator("#amount").count() == 0
     _type_card(page, VISA)
@@ -194,9 +191,7 @@ def test_screenshots_desktop_and_phone(
 ) -> None:
     for name, viewport in (("desktop", DESKTOP), ("phone", PHONE)):
         page, problems = _open(browser, viewport)
-        page.goto(f"{shop}/halyk?mode=pay&language={language}")
-        page.click("#pay")
-        page.wait_for_url("**/payform/?params=*")
+        _to_payform(page, f"{shop}/halyk?mode=pay&language={language}")
         _type_card(page, VISA)
         # Usable at phone width: nothing wider than the screen, the button in reach.
         width = page.evaluate("document.scrollingElement.scrollWidth")
