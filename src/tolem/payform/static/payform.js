@@ -9,10 +9,10 @@
   "use strict";
 
   const BRANDS = {
-    visa: { label: "VISA", max: 16, cvc: 3 },
+    visa: { label: "VISA", max: 19, cvc: 3 }, // Visa issues 13-, 16- and 19-digit cards
     mastercard: { label: "MASTERCARD", max: 16, cvc: 3 },
     amex: { label: "AMEX", max: 15, cvc: 4, groups: [4, 6, 5] },
-    mir: { label: "MIR", max: 16, cvc: 3 },
+    mir: { label: "MIR", max: 19, cvc: 3 },
     unionpay: { label: "UNIONPAY", max: 19, cvc: 3 },
     maestro: { label: "MAESTRO", max: 19, cvc: 3 },
   };
