@@ -91,6 +91,9 @@ def start_gateway(
         "TOLEM_DATA_DIR": str(data_dir),
         "TOLEM_DATABASE_URL": database_url,
         "TOLEM_LOG_LEVEL": "debug",
+        # Test payments name shops' postLinks (example.kz, …): nothing may leave this
+        # machine, so only gateways started for delivery tests deliver.
+        "TOLEM_POSTLINK_WORKER": "false",
         **(extra_env or {}),
     }
     log_path = data_dir / "serve.log"

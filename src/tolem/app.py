@@ -17,6 +17,7 @@ from tolem import __version__, wire
 from tolem.apidocs import install_docs
 from tolem.config import Settings
 from tolem.errors import install_handlers
+from tolem.notifications.endpoints import router as notifications_router
 from tolem.oauth.endpoints import router as oauth_router
 from tolem.operations.endpoints import router as status_router
 from tolem.payform.endpoints import router as payform_router
@@ -90,6 +91,7 @@ def api_router() -> APIRouter:
     router.include_router(payments_router)
     router.include_router(secure3d_api)
     router.include_router(status_router)
+    router.include_router(notifications_router)
     return router
 
 
@@ -119,14 +121,22 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
 
             prepare_database(rt.db, sandbox=settings.is_sandbox)
         app.state.runtime = rt
-        sweeper = asyncio.create_task(_expire_secure3d(rt))
+        background = [asyncio.create_task(_expire_secure3d(rt))]
+        stop = asyncio.Event()
+        if settings.postlink_worker:
+            from tolem.notifications.delivery import DeliveryWorker
+
+            background.append(asyncio.create_task(DeliveryWorker(rt).run(stop)))
         log.info("tolem %s ready (%s mode)", __version__, settings.mode.value)
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            stop.set()
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             rt.close()
 
     app = FastAPI(

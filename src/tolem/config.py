@@ -87,6 +87,25 @@ class Settings(BaseSettings):
         description="Seconds a payment waits for the 3-D Secure answer before it fails "
         "with reason 473.",
     )
+    postlink_worker: bool = Field(
+        True,
+        description="Deliver postLinks from inside `tolem serve` (every worker process). "
+        "Turn off when separate `tolem worker` processes deliver them.",
+    )
+    postlink_timeout: float = Field(
+        10.0, ge=0.1, le=120, description="Seconds a postLink receiver has to answer."
+    )
+    postlink_retry_schedule: str = Field(
+        "10,60,300,1800,7200,21600,86400",
+        description="Seconds to wait after each failed postLink attempt, comma-separated; "
+        "when they run out, the postLink is given up (8 attempts by default).",
+    )
+    postlink_poll_interval: float = Field(
+        0.2, ge=0.01, le=60, description="Seconds a delivery worker waits when nothing is due."
+    )
+    postlink_concurrency: int = Field(
+        16, ge=1, le=1000, description="postLinks one delivery worker sends at once."
+    )
     token_ttl: int = Field(7200, ge=60, le=86400, description="Access token lifetime, seconds.")
     max_body_bytes: int = Field(65536, ge=1024, description="Largest request body accepted.")
     sqlite_synchronous: Literal["NORMAL", "FULL"] = Field(
@@ -112,6 +131,17 @@ class Settings(BaseSettings):
         if not sources or not all(_CSP_SOURCE.fullmatch(source) for source in sources):
             raise ValueError("must be a space-separated list of sources such as https://shop.kz")
         return " ".join(sources)
+
+    @field_validator("postlink_retry_schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        try:
+            steps = [float(part) for part in value.split(",")]
+        except ValueError:
+            raise ValueError("must be seconds separated by commas, e.g. 10,60,300") from None
+        if not all(0 <= step <= 7 * 86400 for step in steps):
+            raise ValueError("each step must be 0 to 604800 seconds")
+        return ",".join(f"{step:g}" for step in steps)
 
     @field_validator("log_level")
     @classmethod

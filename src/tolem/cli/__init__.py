@@ -276,3 +276,7 @@ def cards(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] =
 
 def main() -> None:
     app()
+
+
+# The commands of other modules register themselves on ``app`` when imported.
+from tolem.cli import notifications as _notifications  # noqa: E402, F401

@@ -3,14 +3,17 @@
 from tolem.cards.models import SavedCard
 from tolem.db.base import Base
 from tolem.merchants.models import Merchant, Terminal
+from tolem.notifications.models import DeliveryAttempt, Notification
 from tolem.payments.models import Transaction, TransactionEvent
 from tolem.processor.simulator import AcsSession, LedgerEntry
 
 __all__ = [
     "AcsSession",
     "Base",
+    "DeliveryAttempt",
     "LedgerEntry",
     "Merchant",
+    "Notification",
     "SavedCard",
     "Terminal",
     "Transaction",

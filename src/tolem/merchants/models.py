@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Boolean, ForeignKey, String
+from sqlalchemy import Boolean, ForeignKey, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tolem.db.base import Base, UTCDateTime, new_id, utcnow
@@ -20,6 +20,9 @@ class Merchant(Base):
     # tolem.merchants.credentials for why this is not a slow password hash.
     secret_salt: Mapped[str] = mapped_column(String(64))
     secret_digest: Mapped[str] = mapped_column(String(64))
+    # Signed postLinks: the Standard Webhooks secret, sealed (tolem.notifications.signing);
+    # empty when postLinks go unsigned, as ePay sends them.
+    signing_secret: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -7,8 +7,8 @@ The order of work never holds a database transaction across a network call:
    cannot both succeed);
 2. authorize — the acquirer is called with the transaction id as its idempotency
    reference, outside any transaction;
-3. finish — one write transaction records the outcome and its history line; the
-   postLink notification joins this transaction when notifications land.
+3. finish — one write transaction records the outcome, its history line and the
+   postLink notification that announces it (the outbox): all of them or none.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from tolem.db.base import utcnow
 from tolem.errors import API_ERROR, BadRequest, PaymentDeclined
 from tolem.merchants import service as merchants
 from tolem.merchants.models import Terminal
+from tolem.notifications import service as notifications
 from tolem.oauth.tokens import AccessToken
 from tolem.payments.models import Status, Transaction, TransactionEvent
 from tolem.processor.base import (
@@ -302,6 +303,7 @@ def finish(
         session.execute(update(Transaction).where(Transaction.id == tx.id).values(card_id=card_id))
         tx.card_id = card_id
     session.add(_event(tx, "authorized" if result.approved else "declined"))
+    notifications.enqueue(session, tx)  # the postLink commits with the outcome, or neither
     log.info(
         "payment %s invoice=%s card=%s status=%s code=%s",
         tx.id,

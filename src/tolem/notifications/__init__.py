@@ -1,0 +1,1 @@
+"""postLink notifications: a transactional outbox and its delivery worker."""

@@ -1,0 +1,204 @@
+"""The delivery worker: claim due postLinks, POST them, record every attempt.
+
+It runs inside ``tolem serve`` (every worker process) unless turned off, and alone as
+``tolem worker``; any number of them may run against one database. Delivery is at
+least once: a worker that dies mid-attempt leaves a claim that expires, and the
+postLink is sent again. A receiver therefore sees a duplicate only for an attempt
+whose answer it sent but the worker never read.
+
+Any 2xx answer means delivered. Everything else (another status, a redirect, which
+is not followed, a time-out, a refused or dropped connection) is retried on the
+schedule, then given up. In production mode a postLink may only go to a public
+address: the name is resolved at send time, every address it resolves to is checked,
+and the connection goes to the address that was checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from tolem import __version__
+from tolem.db.base import utcnow
+from tolem.merchants.models import Merchant
+from tolem.notifications import service, signing
+from tolem.notifications.models import Notification, NotificationState
+from tolem.runtime import Runtime
+
+log = logging.getLogger("tolem.notifications")
+
+
+class DestinationRefused(Exception):
+    pass
+
+
+def schedule_of(text: str) -> tuple[float, ...]:
+    """``"10,60,300"`` as seconds; the settings check the format."""
+    return tuple(float(part) for part in text.split(",") if part.strip())
+
+
+async def public_address(host: str, port: int) -> str:
+    """The address to connect to, if every address of ``host`` is a public one."""
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise DestinationRefused(f"cannot resolve {host}: {exc}") from None
+    addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+    for address in addresses:
+        mapped = getattr(address, "ipv4_mapped", None)
+        if not address.is_global or (mapped is not None and not mapped.is_global):
+            raise DestinationRefused(
+                f"{host} resolves to {address}, which is not a public address "
+                "(loopback, private, link-local and metadata addresses are refused "
+                "in production mode)"
+            )
+    if not addresses:
+        raise DestinationRefused(f"cannot resolve {host}")
+    return str(addresses[0])
+
+
+class DeliveryWorker:
+    def __init__(self, rt: Runtime, *, name: str = "worker") -> None:
+        settings = rt.settings
+        self.rt = rt
+        self.name = name
+        self.schedule: Sequence[float] = schedule_of(settings.postlink_retry_schedule)
+        self.timeout = settings.postlink_timeout
+        # The claim outlives the attempt: a live worker always records before it ends.
+        self.lease = 2 * self.timeout + 1
+        self.poll = settings.postlink_poll_interval
+        self.concurrency = settings.postlink_concurrency
+        self.check_destinations = not settings.is_sandbox
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        limits = httpx.Limits(max_connections=self.concurrency * 2)
+        async with httpx.AsyncClient(
+            follow_redirects=False, timeout=self.timeout, trust_env=False, limits=limits
+        ) as client:
+            try:
+                while not stop.is_set():
+                    await self._step(client, stop)
+            finally:
+                for task in self._tasks:
+                    task.cancel()  # its claim expires; the postLink will be sent again
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _step(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        free = self.concurrency - len(self._tasks)
+        batch: list[service.Claimed] = []
+        if free > 0:
+            try:
+                batch = await asyncio.to_thread(self._claim, free)
+            except Exception:
+                log.exception("claiming postLinks failed; retrying")
+        for claimed in batch:
+            task = asyncio.create_task(self._deliver(client, claimed))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if len(batch) < free:  # nothing more is due now: wait a little
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.poll)
+
+    def _claim(self, limit: int) -> list[service.Claimed]:
+        now = utcnow()
+        with self.rt.db.read() as session:  # cheap look first: claiming takes the writer
+            due = session.scalars(
+                Notification.__table__.select()
+                .with_only_columns(Notification.id)
+                .where(
+                    Notification.state == NotificationState.PENDING.value,
+                    Notification.next_attempt_at <= now,
+                )
+                .limit(1)
+            ).first()
+        if due is None:
+            return []
+        with self.rt.db.write() as session:
+            return service.claim(session, now=now, limit=limit, lease=self.lease)
+
+    async def _deliver(self, client: httpx.AsyncClient, claimed: service.Claimed) -> None:
+        result = await self.attempt(client, claimed)
+        try:
+            state = await asyncio.to_thread(self._record, claimed, result)
+        except Exception:
+            log.exception("recording postLink %s failed; its claim will expire", claimed.id)
+            return
+        log.info(
+            "postLink %s attempt %d: %s (%s) %s",
+            claimed.id,
+            claimed.number,
+            result.http_status or result.error,
+            f"{result.latency_ms} ms",
+            state,
+        )
+
+    def _record(self, claimed: service.Claimed, result: service.AttemptResult) -> str:
+        with self.rt.db.write() as session:
+            return service.record(session, claimed, result, schedule=self.schedule)
+
+    async def attempt(
+        self, client: httpx.AsyncClient, claimed: service.Claimed
+    ) -> service.AttemptResult:
+        started = time.monotonic()
+
+        def elapsed() -> int:
+            return int((time.monotonic() - started) * 1000)
+
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"tolem-postlink/{__version__}",
+        }
+        try:
+            headers |= await asyncio.to_thread(self._signature, claimed)
+        except signing.SigningSecretError as exc:
+            return service.AttemptResult(None, elapsed(), str(exc))
+        url = claimed.url
+        extensions: dict[str, str] = {}
+        parts = urlsplit(url)
+        if self.check_destinations:
+            host = parts.hostname or ""
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            try:
+                address = await public_address(host, port)
+            except DestinationRefused as exc:
+                return service.AttemptResult(None, elapsed(), str(exc), permanent=True)
+            # Connect to the address that was checked; the name still goes in Host and SNI.
+            literal = f"[{address}]" if ":" in address else address
+            url = urlunsplit(parts._replace(netloc=f"{literal}:{port}"))
+            headers["Host"] = parts.netloc.rpartition("@")[2]
+            if parts.scheme == "https":
+                extensions["sni_hostname"] = host
+        try:
+            async with client.stream(
+                "POST",
+                url,
+                content=claimed.body.encode("utf-8"),
+                headers=headers,
+                extensions=extensions,
+            ) as response:  # the answer's body is never read: only its status counts
+                status = response.status_code
+        except httpx.TimeoutException:
+            return service.AttemptResult(None, elapsed(), f"timed out after {self.timeout:g} s")
+        except httpx.HTTPError as exc:
+            return service.AttemptResult(None, elapsed(), f"{type(exc).__name__}: {exc}"[:500])
+        error = "" if 200 <= status < 300 else f"HTTP {status}"
+        return service.AttemptResult(status, elapsed(), error)
+
+    def _signature(self, claimed: service.Claimed) -> dict[str, str]:
+        with self.rt.db.read() as session:
+            merchant = session.get(Merchant, claimed.merchant_id)
+            sealed = merchant.signing_secret if merchant else ""
+        if not sealed:
+            return {}
+        secret = signing.unseal(self.rt.keys.card_key, claimed.merchant_id, sealed)
+        return signing.headers(secret, claimed.id, claimed.body)

@@ -1,0 +1,217 @@
+"""The outbox's rules: what to announce, when to try again, and who may see it.
+
+``enqueue`` runs inside the transaction that changes a payment, so the change and its
+notification commit together or not at all. Workers ``claim`` due rows (``FOR UPDATE
+SKIP LOCKED`` on PostgreSQL; SQLite's single writer serialises claims by itself) and
+``record`` what each attempt gave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tolem import wire
+from tolem.db.base import utcnow
+from tolem.notifications.body import postlink_body
+from tolem.notifications.models import (
+    AttemptOutcome,
+    DeliveryAttempt,
+    Notification,
+    NotificationState,
+)
+from tolem.payments.models import Status, Transaction
+
+#: The default retry schedule: seconds after each failed attempt, then give up.
+DEFAULT_SCHEDULE = (10.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0, 86400.0)
+
+
+def postlink_of(tx: Transaction) -> str:
+    """Success to postLink; a failure to failurePostLink, else postLink (EPAY.md §10)."""
+    if Status(tx.status).succeeded:
+        return tx.post_link
+    return tx.failure_post_link or tx.post_link
+
+
+def enqueue(session: Session, tx: Transaction, *, event: str = "payment") -> Notification | None:
+    """Write the postLink announcing the transaction's new state, if it has a link."""
+    url = postlink_of(tx)
+    if not url:
+        return None
+    now = utcnow()
+    notification = Notification(
+        merchant_id=tx.merchant_id,
+        transaction_id=tx.id,
+        event=event,
+        url=url,
+        body=wire.dumps(postlink_body(tx, now)).decode("utf-8"),
+        state=NotificationState.PENDING.value,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(notification)
+    return notification
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A notification a worker now owns until ``lease_until``, and its attempt row."""
+
+    id: str
+    merchant_id: str
+    url: str
+    body: str
+    attempt_id: int
+    number: int
+
+
+def claim(session: Session, *, now: datetime, limit: int, lease: float) -> list[Claimed]:
+    """Take up to ``limit`` due notifications for one attempt each.
+
+    The claim moves ``next_attempt_at`` past the attempt (the lease), so no other
+    worker takes them meanwhile, and a dead worker's rows come due again.
+    """
+    query = (
+        select(Notification)
+        .where(
+            Notification.state == NotificationState.PENDING.value,
+            Notification.next_attempt_at <= now,
+        )
+        .order_by(Notification.next_attempt_at)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = list(session.scalars(query))
+    if not rows:
+        return []
+    # An attempt still "sending" belongs to a worker that died: it was interrupted.
+    session.execute(
+        update(DeliveryAttempt)
+        .where(
+            DeliveryAttempt.notification_id.in_([n.id for n in rows]),
+            DeliveryAttempt.outcome == AttemptOutcome.SENDING.value,
+        )
+        .values(outcome=AttemptOutcome.INTERRUPTED.value, error="the worker stopped during it")
+    )
+    claimed = []
+    for notification in rows:
+        notification.attempts += 1
+        notification.step += 1
+        notification.next_attempt_at = now + timedelta(seconds=lease)
+        attempt = DeliveryAttempt(
+            notification_id=notification.id, number=notification.attempts, started_at=now
+        )
+        session.add(attempt)
+        session.flush()
+        claimed.append(
+            Claimed(
+                id=notification.id,
+                merchant_id=notification.merchant_id,
+                url=notification.url,
+                body=notification.body,
+                attempt_id=attempt.id,
+                number=notification.attempts,
+            )
+        )
+    return claimed
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    http_status: int | None
+    latency_ms: int
+    error: str = ""
+    permanent: bool = False  # no retry can help (an address that is not allowed)
+
+    @property
+    def delivered(self) -> bool:
+        return self.http_status is not None and 200 <= self.http_status < 300
+
+
+def record(
+    session: Session,
+    claimed: Claimed,
+    result: AttemptResult,
+    *,
+    schedule: Sequence[float],
+    now: datetime | None = None,
+) -> str:
+    """Store an attempt's result and schedule the next one; the new state."""
+    now = now or utcnow()
+    notification = session.get(Notification, claimed.id, with_for_update=True)
+    if notification is None:  # pragma: no cover - rows are never deleted
+        return NotificationState.FAILED.value
+    if result.delivered:
+        outcome = AttemptOutcome.DELIVERED
+        notification.state = NotificationState.DELIVERED.value
+        notification.delivered_at = now
+    elif result.permanent or notification.step > len(schedule):
+        outcome = AttemptOutcome.GAVE_UP
+        notification.state = NotificationState.FAILED.value
+    else:
+        outcome = AttemptOutcome.RETRY
+        notification.next_attempt_at = now + timedelta(seconds=schedule[notification.step - 1])
+    notification.last_status = result.http_status
+    notification.last_error = result.error
+    session.execute(
+        update(DeliveryAttempt)
+        .where(DeliveryAttempt.id == claimed.attempt_id)
+        .values(
+            outcome=outcome.value,
+            http_status=result.http_status,
+            latency_ms=result.latency_ms,
+            error=result.error[:2000],
+        )
+    )
+    return notification.state
+
+
+def redeliver(session: Session, notification_id: str, *, merchant_id: str | None = None) -> bool:
+    """Send again now, with a fresh retry schedule (whatever its state). False if unknown.
+
+    ``merchant_id`` scopes the lookup (the API); the operator's CLI passes None.
+    """
+    query = select(Notification).where(Notification.id == notification_id)
+    if merchant_id is not None:
+        query = query.where(Notification.merchant_id == merchant_id)
+    notification = session.scalars(query.with_for_update()).first()
+    if notification is None:
+        return False
+    notification.state = NotificationState.PENDING.value
+    notification.step = 0
+    notification.next_attempt_at = utcnow()
+    return True
+
+
+def listing(
+    session: Session,
+    *,
+    merchant_id: str | None = None,
+    state: str | None = None,
+    transaction_id: str | None = None,
+    limit: int = 100,
+) -> list[Notification]:
+    """Newest first; scoped to a merchant when one is given."""
+    query = select(Notification).order_by(Notification.created_at.desc()).limit(limit)
+    if merchant_id is not None:
+        query = query.where(Notification.merchant_id == merchant_id)
+    if state:
+        query = query.where(Notification.state == state)
+    if transaction_id:
+        query = query.where(Notification.transaction_id == transaction_id)
+    return list(session.scalars(query))
+
+
+def attempts_of(session: Session, notification_id: str) -> list[DeliveryAttempt]:
+    return list(
+        session.scalars(
+            select(DeliveryAttempt)
+            .where(DeliveryAttempt.notification_id == notification_id)
+            .order_by(DeliveryAttempt.number)
+        )
+    )
