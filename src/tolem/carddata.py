@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+
+# Digits with the spaces or dashes people type between groups.
+_TYPED_NUMBER = re.compile(r"[0-9](?:[ -]?[0-9]){11,18}")
 
 
 def luhn_ok(pan: str) -> bool:
@@ -30,6 +34,13 @@ def luhn_complete(partial: str) -> str:
         if luhn_ok(partial + digit):
             return partial + digit
     raise AssertionError("unreachable")
+
+
+def holds_pan(text: str) -> bool:
+    """Whether free text holds something that looks like a card number (Luhn-valid)."""
+    return any(
+        luhn_ok(re.sub(r"[ -]", "", match.group())) for match in _TYPED_NUMBER.finditer(text)
+    )
 
 
 def mask(pan: str) -> str:

@@ -74,7 +74,11 @@ def link(value: Any, field: str) -> str:
         return ""
     if len(text) > 2048:
         raise FieldError(field, "longer than 2048 characters")
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:  # "http://[", a host that does not normalise, …
+        raise FieldError(field, "must be an http or https URL") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise FieldError(field, "must be an http or https URL")
     return text

@@ -17,8 +17,8 @@ from tolem.config import Settings
 _DIGIT_RUN = re.compile(r"(?<!\d)\d{12,19}(?!\d)")
 # Bearer tokens that travel in a URL (the hosted TermUrl's ?Access=, and the payment
 # page's ?params=, which holds the whole token response) end up in access lines; they
-# are as good as a password until they expire.
-_URL_TOKEN = re.compile(r"(?i)([?&](?:access|params)=)[^&\s\"']+")
+# are as good as a password until they expire. So is a payment page's key (?k=).
+_URL_TOKEN = re.compile(r"(?i)([?&](?:access|params|k)=)[^&\s\"']+")
 
 
 def redact(text: str) -> str:

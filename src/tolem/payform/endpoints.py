@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import RedirectResponse, Response
 
-from tolem import fields, reasons
+from tolem import carddata, fields, reasons
 from tolem.errors import TolemError
 from tolem.merchants.models import Terminal
 from tolem.pages import TEXT, lang_of, render
@@ -97,15 +97,17 @@ async def payform(request: Request, rt: Annotated[Runtime, Depends(runtime)]) ->
     lang = lang_of(q.get("language"))
     if not code:
         return _message(rt, lang, "invalid", _Flags(), detail="params: missing", status_code=400)
+    # Only the reason code's own text: the query is anybody's to write, and these pages
+    # are not framed by other sites (frame-ancestors 'self'), so they cannot be dressed up.
+    known = _CODE.fullmatch(code) is not None
     return render(
         "result.html",
         lang=lang,
-        frame_ancestors=rt.settings.payform_frame_ancestors,
         success=False,
-        invoice=q.get("invoiceID", ""),
+        invoice=q.get("invoiceID", "")[:15],
         amount="",
-        code=code,
-        message=q.get("message") or (reasons.message(int(code)) if _CODE.fullmatch(code) else ""),
+        code=code if known else "",
+        message=reasons.message(int(code)) if known else "",
     )
 
 
@@ -204,13 +206,18 @@ def _form(
         currency=order.currency,
         invoice=order.invoice_id,
         params=params,
-        name=card.name if card else order.name,  # never the card number or CVC back
-        email=card.email if card else order.email,
-        phone=card.phone if card else order.phone,
+        # Never the card number or CVC back, nor anything that looks like a card number.
+        name=_echo(card.name if card else order.name),
+        email=_echo(card.email if card else order.email),
+        phone=_echo(card.phone if card else order.phone),
         field_error=field_error,
         error=error,
         sandbox=rt.settings.is_sandbox or page.terminal.is_test,
     )
+
+
+def _echo(value: str) -> str:
+    return "" if carddata.holds_pan(value) else value
 
 
 def _message(
@@ -368,7 +375,6 @@ def success_page(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> 
     return render(
         "result.html",
         lang=lang_of(q.get("language")),
-        frame_ancestors=rt.settings.payform_frame_ancestors,
         success=True,
         invoice=q.get("invoiceID", ""),
         amount=_amount(q.get("amount")),

@@ -10,7 +10,6 @@ Every problem is a :class:`ParamsError` naming the field, never another exceptio
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -104,11 +103,10 @@ def access_token(pairs: dict[str, str]) -> str:
         raise SessionExpired("auth is missing")
     auth: dict[str, Any]
     if raw.startswith("{"):
-        try:
-            loaded = json.loads(raw)
-        except ValueError as exc:
+        try:  # depth-limited: a link may be anything
+            auth = wire.parse_json_object(raw.encode("utf-8"))
+        except wire.BodyError as exc:
             raise SessionExpired("auth is not the token response") from exc
-        auth = loaded if isinstance(loaded, dict) else {}
     elif "=" in raw:
         auth = query_pairs(raw)
     else:

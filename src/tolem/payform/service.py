@@ -18,8 +18,9 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, replace
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
+import idna
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -89,6 +90,12 @@ def open_page(rt: Runtime, params: str) -> Page:
         raise SessionExpired(exc.message) from None
     request = parse(pairs)
     order = request.order
+    if not (token.invoice_id and token.amount is not None and token.currency):
+        # The page's parameters are in the cardholder's hands: what the token does not
+        # bind, the cardholder could change.
+        raise PageRefused(
+            "the payment page needs a token bound to invoiceID, amount and currency", 100
+        )
     try:
         terminal_id = payments.check_binding(token, order, token.terminal_id or order.terminal_id)
     except TolemError as exc:
@@ -100,13 +107,24 @@ def open_page(rt: Runtime, params: str) -> Page:
         if not terminal.accepts(order.currency):
             raise PageRefused(f"the terminal does not accept {order.currency}", 100)
         holder = invoice_holder(session, terminal.id, order.invoice_id)
-    if holder is not None and holder.invoice_id != order.invoice_id:
+    if holder is not None and not _same_order(holder, order):
         raise PageRefused(
             f"invoice {order.invoice_id} is already used on this terminal "
             "(its last six digits must be unique)",
             100,
         )
     return Page(request, token, terminal, holder)
+
+
+def _same_order(tx: Transaction, order: payments.PaymentOrder) -> bool:
+    """Whether the payment holding the invoice is this very order (then: show it)."""
+    verification = tx.payment_type == payments.CARD_VERIFICATION
+    return (
+        tx.invoice_id == order.invoice_id
+        and tx.amount == order.amount
+        and tx.currency == order.currency
+        and verification == order.is_verification
+    )
 
 
 def invoice_holder(session: Session, terminal_id: str, invoice_id: str) -> Transaction | None:
@@ -130,12 +148,16 @@ def read_card(form: CardForm) -> Card:
     cvc = form.cvc.strip()
     if not _CVC.fullmatch(cvc) or len(cvc) != carddata.cvc_length(pan):
         raise CardProblem("cvc")
-    if not form.name.strip() or len(form.name) > 200 or wire.text_problem(form.name):
+    # A card number typed into a free-text field would be stored in clear: refuse it.
+    name = form.name
+    if not name.strip() or len(name) > 200 or wire.text_problem(name) or carddata.holds_pan(name):
         raise CardProblem("name")
     email = form.email.strip()
-    if email and (wire.text_problem(email) or not _EMAIL.fullmatch(email)):
+    if email and (
+        wire.text_problem(email) or not _EMAIL.fullmatch(email) or carddata.holds_pan(email)
+    ):
         raise CardProblem("email")
-    if wire.text_problem(form.phone) or len(form.phone) > 50:
+    if wire.text_problem(form.phone) or len(form.phone) > 50 or carddata.holds_pan(form.phone):
         raise CardProblem("phone")
     year = int(expiry.group(2))
     return Card(
@@ -173,7 +195,7 @@ def pay(rt: Runtime, page: Page, form: CardForm, card: Card, ip: str) -> Transac
     except BadRequest as exc:
         with rt.db.read() as session:
             holder = invoice_holder(session, page.terminal.id, order.invoice_id)
-        if holder is not None and holder.invoice_id == order.invoice_id:
+        if holder is not None and _same_order(holder, order):
             return holder  # a second submit of the same order: show the first
         raise PageRefused(exc.message, exc.code) from None
 
@@ -216,8 +238,9 @@ def back_url(tx: Transaction) -> str:
     else:
         extra["code"] = str(tx.reason_code)
     parts = urlsplit(link)
-    query = parse_qsl(parts.query, keep_blank_values=True) + list(extra.items())
-    return urlunsplit(parts._replace(query=urlencode(query)))
+    # The shop's own query stays byte for byte; ours follows it.
+    query = f"{parts.query}&{urlencode(extra)}" if parts.query else urlencode(extra)
+    return urlunsplit(parts._replace(query=query))
 
 
 def origin(link: str) -> str:
@@ -227,10 +250,12 @@ def origin(link: str) -> str:
     except fields.FieldError:
         return ""
     parts = urlsplit(checked)
-    try:  # a browser compares the punycode of an internationalised name: магазин.қаз
-        netloc = parts.netloc.lower().encode("idna").decode("ascii")
-    except UnicodeError:
+    host, _, port = parts.netloc.rpartition("@")[2].partition(":")
+    try:  # a browser compares the punycode of an internationalised name (UTS 46, IDNA 2008)
+        netloc = idna.encode(host, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
         return ""
+    netloc = f"{netloc}:{port}" if port else netloc
     # It goes into a header: only a plain host[:port], nothing that could add a directive.
     if not checked or not _HOST.fullmatch(netloc):
         return ""

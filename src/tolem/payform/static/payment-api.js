@@ -5,8 +5,9 @@
 var halyk = (function (halyk) {
   "use strict";
   var pageUrl = __TOLEM_PAYFORM_URL__;
-  var pageOrigin = pageUrl.replace(/^(https?:\/\/[^\/]+).*$/, "$1");
+  var pageOrigin = new URL(pageUrl).origin;  // as the browser spells event.origin
   var widgetNode;
+  var widgetFrame;
   var widgetCallback;
 
   // encodeParams as ePay's script has it: key=encodeURIComponent(value) joined by "&";
@@ -51,6 +52,7 @@ var halyk = (function (halyk) {
     window.removeEventListener("message", onMessage, false);
     widgetNode.parentNode.removeChild(widgetNode);
     widgetNode = undefined;
+    widgetFrame = undefined;
     var callback = widgetCallback;
     widgetCallback = undefined;
     if (typeof callback === "function") { callback({success: success}); }
@@ -59,6 +61,7 @@ var halyk = (function (halyk) {
   // The page inside the iframe says {"success":true|false} when the payment is over.
   function onMessage(event) {
     if (event.origin !== pageOrigin) { return; }
+    if (!widgetFrame || event.source !== widgetFrame.contentWindow) { return; }
     var data = event.data;
     if (typeof data === "string") {
       try { data = JSON.parse(data); } catch (e) { return; }
@@ -85,6 +88,7 @@ var halyk = (function (halyk) {
     iframe.className = "iframeClass";
     iframe.title = "Payment";
     iframe.src = link(params, "&isShortForm=true");
+    widgetFrame = iframe;
     box.appendChild(close);
     box.appendChild(iframe);
     widgetNode.appendChild(box);
