@@ -121,22 +121,24 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
 
             prepare_database(rt.db, sandbox=settings.is_sandbox)
         app.state.runtime = rt
-        background = [asyncio.create_task(_expire_secure3d(rt))]
+        sweeper = asyncio.create_task(_expire_secure3d(rt))
         stop = asyncio.Event()
+        delivery: asyncio.Task[None] | None = None
         if settings.postlink_worker:
             from tolem.notifications.delivery import DeliveryWorker
 
-            background.append(asyncio.create_task(DeliveryWorker(rt).run(stop)))
+            delivery = asyncio.create_task(DeliveryWorker(rt).run(stop))
         log.info("tolem %s ready (%s mode)", __version__, settings.mode.value)
         try:
             yield
         finally:
-            stop.set()
-            for task in background:
-                task.cancel()
-            for task in background:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            stop.set()  # the worker finishes the attempts under way, then returns
+            sweeper.cancel()
+            for task in (sweeper, delivery):
+                if task is None:
+                    continue
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                    await asyncio.wait_for(task, settings.postlink_timeout + 2)
             rt.close()
 
     app = FastAPI(

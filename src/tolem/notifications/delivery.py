@@ -87,6 +87,10 @@ class DeliveryWorker:
             try:
                 while not stop.is_set():
                     await self._step(client, stop)
+                # Stopping: let the attempts under way finish and be recorded, so that
+                # a restart does not send them again.
+                if self._tasks:
+                    await asyncio.wait(set(self._tasks), timeout=self.timeout + 1)
             finally:
                 for task in self._tasks:
                     task.cancel()  # its claim expires; the postLink will be sent again
