@@ -524,10 +524,25 @@ def test_body_links_apply_when_the_token_binds_none_or_the_same(shop: Shop) -> N
     invoice = new_invoice()
     tok = shop.token(invoice, postLink="https://shop.kz/notify")
     body = payment_body(shop.gw, invoice) | {"postLink": "https://shop.kz/notify"}
-    assert shop.pay(tok, body).status_code == 200
+    # A token that binds a link lets the body add no link of its own: a failure would
+    # go to the body's failurePostLink, with the token's secret_hash.
+    assert_error(shop.pay(tok, body), 400, 100, "failurePostLink differs")
+    shop.assert_untouched(invoice)  # (it pays the invoice to prove it)
+
+    invoice = new_invoice()
+    tok = shop.token(invoice, postLink="https://shop.kz/notify")
+    body = payment_body(shop.gw, invoice) | {"postLink": "https://shop.kz/notify"}
+    body.pop("failurePostLink")
+    second = shop.pay(tok, body)
+    assert second.status_code == 200, second.text
     with shop.engine.connect() as conn:
         links = conn.execute(
             sa.text("SELECT post_link, failure_post_link FROM transactions WHERE invoice_id = :i"),
             {"i": invoice},
         ).one()
-    assert tuple(links) == ("https://shop.kz/notify", "https://testmerchant/order/1123/fail")
+    assert tuple(links) == ("https://shop.kz/notify", "")
+
+    # A token that binds no link takes the body's.
+    other = new_invoice()
+    answer = shop.pay(shop.token(other), payment_body(shop.gw, other))
+    assert answer.status_code == 200, answer.text

@@ -53,8 +53,7 @@ async def public_address(host: str, port: int) -> str:
         raise DestinationRefused(f"cannot resolve {host}: {exc}") from None
     addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
     for address in addresses:
-        mapped = getattr(address, "ipv4_mapped", None)
-        if not address.is_global or (mapped is not None and not mapped.is_global):
+        if not _public(address):
             raise DestinationRefused(
                 f"{host} resolves to {address}, which is not a public address "
                 "(loopback, private, link-local and metadata addresses are refused "
@@ -63,6 +62,29 @@ async def public_address(host: str, port: int) -> str:
     if not addresses:
         raise DestinationRefused(f"cannot resolve {host}")
     return str(addresses[0])
+
+
+# Ranges is_global lets through that still reach somewhere private or nowhere public.
+_NOT_PUBLIC = tuple(
+    ipaddress.ip_network(net)
+    for net in ("192.0.0.0/24", "64:ff9b:1::/48", "::/96", "2001:db8::/32")
+)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if not address.is_global or address.is_multicast:
+        return False
+    if any(address in net for net in _NOT_PUBLIC if net.version == address.version):
+        return False
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4 address inside IPv6 (mapped, 6to4, NAT64) counts as that IPv4 address.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and not _public(embedded):
+            return False
+    return True
 
 
 class DeliveryWorker:

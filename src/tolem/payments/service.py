@@ -106,12 +106,15 @@ def check_binding(token: AccessToken, body: PaymentOrder, card_terminal: str) ->
         raise _reject(f"the token is bound to currency {token.currency}", body)
     # The links (and secret_hash) bound in a token are the merchant's: a body that
     # holds the token may not send the notification, secret_hash and all, elsewhere.
+    # Once a token binds a link, a body may not add a link of its own either (a failure
+    # would otherwise go to the body's failurePostLink instead of the token's postLink).
+    bound_links = {link for link in (token.post_link, token.failure_post_link) if link}
     for name, bound, sent in (
         ("postLink", token.post_link, body.post_link),
         ("failurePostLink", token.failure_post_link, body.failure_post_link),
     ):
-        if bound and sent and sent != bound:
-            raise _reject(f"{name} differs from the one bound in the token", body)
+        if sent and (sent != bound if bound else bound_links and sent not in bound_links):
+            raise _reject(f"{name} differs from the links bound in the token", body)
     terminal_id = token.terminal_id or body.terminal_id or card_terminal
     if body.terminal_id and body.terminal_id != terminal_id:
         raise _reject("terminalId does not match the token's terminal", body, code=487)
