@@ -36,3 +36,12 @@ def test_messages_arguments_and_tracebacks_are_redacted() -> None:
     for pan in ("5522042705066736", "4003032704547597"):
         assert pan not in text
     assert "552204...6736" in text and "400303...7597" in text
+
+
+def test_an_id_whose_last_group_passes_luhn_is_not_masked() -> None:
+    from tolem.carddata import luhn_ok
+    from tolem.logs import redact
+
+    assert luhn_ok("334099988050")
+    line = "postLink 0f871341-180b-46d5-b180-334099988050 card 4405639704015096"
+    assert redact(line) == "postLink 0f871341-180b-46d5-b180-334099988050 card 440563...5096"

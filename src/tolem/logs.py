@@ -14,7 +14,9 @@ import sys
 from tolem import carddata
 from tolem.config import Settings
 
-_DIGIT_RUN = re.compile(r"(?<!\d)\d{12,19}(?!\d)")
+# Not the last group of a UUID (a transaction or notification id), which may be all
+# digits and pass Luhn by chance.
+_DIGIT_RUN = re.compile(r"(?<!\d)(?<![0-9a-fA-F]{4}-)\d{12,19}(?!\d)")
 # Bearer tokens that travel in a URL (the hosted TermUrl's ?Access=, and the payment
 # page's ?params=, which holds the whole token response) end up in access lines; they
 # are as good as a password until they expire. So is a payment page's key (?k=).

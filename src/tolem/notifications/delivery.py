@@ -121,6 +121,9 @@ class DeliveryWorker:
 
     async def _step(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         free = self.concurrency - len(self._tasks)
+        if free <= 0:  # every slot busy: wait for one to free up (or a poll's time)
+            await asyncio.wait(set(self._tasks), timeout=self.poll, return_when="FIRST_COMPLETED")
+            return
         batch: list[service.Claimed] = []
         if free > 0:
             try:
