@@ -7,6 +7,8 @@ The path chooses the behaviour, so one receiver serves every test:
     /hang/...          reads the body, then answers nothing for ``hang_seconds``
     /drop/...          reads the body, then closes the connection without an answer
     /slow/...          answers 200 after ``slow_seconds`` (to catch attempts in flight)
+    /trickle/...       sends its status line a byte every 0.3 s (each read is quick,
+                       the whole answer is slow)
     /flaky/<n>/...     500 for the first n requests to this exact path, then 200
 
 Every request is recorded (path, headers, body, time) before the answer is decided,
@@ -100,6 +102,13 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                 return
             if kind == "slow":
                 time.sleep(receiver.slow_seconds)
+            if kind == "trickle":
+                for byte in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n":
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(0.3)
+                self.close_connection = True
+                return
             status = 200
             if kind == "status":
                 status = int(parts[1])

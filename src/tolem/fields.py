@@ -11,6 +11,8 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from urllib.parse import urlsplit
 
+import idna
+
 INVOICE_RE = re.compile(r"[0-9]{6,15}")  # ASCII digits: \d also takes "١٢٣"
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
 MAX_AMOUNT = Decimal("999999999999.99")
@@ -74,10 +76,15 @@ def link(value: Any, field: str) -> str:
         return ""
     if len(text) > 2048:
         raise FieldError(field, "longer than 2048 characters")
+    if any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise FieldError(field, "must be an http or https URL (no spaces or control characters)")
     try:
         parts = urlsplit(text)
         parts.port  # noqa: B018 - raises for a port that is not a number
-    except ValueError:  # "http://[", a host that does not normalise, …
+        host = parts.hostname or ""
+        if not host.isascii():  # an internationalised name must have a DNS form
+            idna.encode(host, uts46=True)
+    except (ValueError, idna.IDNAError):  # "http://[", a host that does not normalise, …
         raise FieldError(field, "must be an http or https URL") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise FieldError(field, "must be an http or https URL")

@@ -14,6 +14,10 @@ from typing import Any
 from tolem import reasons
 from tolem.payments.models import Status, Transaction
 
+#: Where ePay's postLink words a reason differently from its reason-code table
+#: (EPAY.md section 10's failure example: 473 is "Authentication failed").
+_POSTLINK_REASONS = {473: "Authentication failed"}
+
 #: ePay stamps postLinks in Almaty time.
 ALMATY = timezone(timedelta(hours=5))
 
@@ -51,7 +55,9 @@ def postlink_body(tx: Transaction, moment: datetime) -> dict[str, Any]:
         "language": tx.language.upper(),
         "name": tx.payer_name,
         "phone": tx.phone,
-        "reason": reasons.message(tx.reason_code) if not ok else "success",
+        "reason": "success"
+        if ok
+        else _POSTLINK_REASONS.get(tx.reason_code) or reasons.message(tx.reason_code),
         "reasonCode": 0 if ok else tx.reason_code,
         "reference": tx.reference if ok else "",
         "secret_hash": tx.secret_hash,

@@ -21,10 +21,11 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+import idna
 
 from tolem import __version__
 from tolem.db.base import utcnow
@@ -85,6 +86,14 @@ def _public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
         if embedded is not None and not _public(embedded):
             return False
     return True
+
+
+def _ascii_host(host: str) -> str:
+    """The name as DNS and TLS know it (punycode); an address literal as it is."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return idna.encode(host, uts46=True).decode("ascii")
 
 
 class DeliveryWorker:
@@ -153,7 +162,9 @@ class DeliveryWorker:
         if due is None:
             return []
         with self.rt.db.write() as session:
-            return service.claim(session, now=now, limit=limit, lease=self.lease)
+            return service.claim(
+                session, now=now, limit=limit, lease=self.lease, max_steps=len(self.schedule) + 1
+            )
 
     async def _deliver(self, client: httpx.AsyncClient, claimed: service.Claimed) -> None:
         result = await self.attempt(client, claimed)
@@ -178,48 +189,61 @@ class DeliveryWorker:
     async def attempt(
         self, client: httpx.AsyncClient, claimed: service.Claimed
     ) -> service.AttemptResult:
+        """One POST, within one deadline (name lookup included), whatever goes wrong."""
         started = time.monotonic()
 
         def elapsed() -> int:
             return int((time.monotonic() - started) * 1000)
 
+        try:
+            # httpx's timeout bounds each step (connect, each read); this bounds the whole.
+            async with asyncio.timeout(self.timeout):
+                return await self._post(client, claimed, elapsed)
+        except TimeoutError:
+            return service.AttemptResult(None, elapsed(), f"timed out after {self.timeout:g} s")
+        except DestinationRefused as exc:
+            return service.AttemptResult(None, elapsed(), str(exc), permanent=True)
+        except signing.SigningSecretError as exc:
+            return service.AttemptResult(None, elapsed(), str(exc))
+        except httpx.TimeoutException:
+            return service.AttemptResult(None, elapsed(), f"timed out after {self.timeout:g} s")
+        except httpx.TransportError as exc:
+            return service.AttemptResult(None, elapsed(), f"{type(exc).__name__}: {exc}"[:500])
+        except Exception as exc:  # an address no client can use: retrying will not help
+            log.warning("postLink %s cannot be sent: %r", claimed.id, exc)
+            return service.AttemptResult(
+                None, elapsed(), f"{type(exc).__name__}: {exc}"[:500], permanent=True
+            )
+
+    async def _post(
+        self, client: httpx.AsyncClient, claimed: service.Claimed, elapsed: Callable[[], int]
+    ) -> service.AttemptResult:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": f"tolem-postlink/{__version__}",
         }
-        try:
-            headers |= await asyncio.to_thread(self._signature, claimed)
-        except signing.SigningSecretError as exc:
-            return service.AttemptResult(None, elapsed(), str(exc))
+        headers |= await asyncio.to_thread(self._signature, claimed)
         url = claimed.url
         extensions: dict[str, str] = {}
         parts = urlsplit(url)
         if self.check_destinations:
-            host = parts.hostname or ""
+            host = _ascii_host(parts.hostname or "")
             port = parts.port or (443 if parts.scheme == "https" else 80)
-            try:
-                address = await public_address(host, port)
-            except DestinationRefused as exc:
-                return service.AttemptResult(None, elapsed(), str(exc), permanent=True)
+            address = await public_address(host, port)
             # Connect to the address that was checked; the name still goes in Host and SNI.
             literal = f"[{address}]" if ":" in address else address
             url = urlunsplit(parts._replace(netloc=f"{literal}:{port}"))
-            headers["Host"] = parts.netloc.rpartition("@")[2]
+            headers["Host"] = host if parts.port is None else f"{host}:{port}"
             if parts.scheme == "https":
                 extensions["sni_hostname"] = host
-        try:
-            async with client.stream(
-                "POST",
-                url,
-                content=claimed.body.encode("utf-8"),
-                headers=headers,
-                extensions=extensions,
-            ) as response:  # the answer's body is never read: only its status counts
-                status = response.status_code
-        except httpx.TimeoutException:
-            return service.AttemptResult(None, elapsed(), f"timed out after {self.timeout:g} s")
-        except httpx.HTTPError as exc:
-            return service.AttemptResult(None, elapsed(), f"{type(exc).__name__}: {exc}"[:500])
+        async with client.stream(
+            "POST",
+            url,
+            content=claimed.body.encode("utf-8"),
+            headers=headers,
+            extensions=extensions,
+        ) as response:  # the answer's body is never read: only its status counts
+            status = response.status_code
         error = "" if 200 <= status < 300 else f"HTTP {status}"
         return service.AttemptResult(status, elapsed(), error)
 

@@ -14,13 +14,26 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tolem import wire
-from tolem.errors import NotFound
+from tolem.errors import BadRequest, NotFound, Unauthorized
 from tolem.notifications import service
 from tolem.notifications.models import Notification, NotificationState
 from tolem.oauth import service as oauth
 from tolem.runtime import Runtime, runtime
 
 router = APIRouter(tags=["notifications"])
+
+
+def _merchant(rt: Runtime, request: Request) -> str:
+    """The merchant of a service token: an invoice-bound token may sit in a customer's
+    browser (the hosted page), and must not read other orders' postLinks."""
+    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    if not token.is_service:
+        raise Unauthorized("the delivery log needs a service token (issued without invoiceID)")
+    return token.merchant_id
+
+
+def _known_id(value: str) -> bool:
+    return len(value) <= 36 and wire.text_problem(value) is None
 
 
 def _view(n: Notification) -> dict[str, Any]:
@@ -47,13 +60,15 @@ async def list_notifications(
     transaction_id: Annotated[str | None, Query(alias="transactionId", max_length=36)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Response:
-    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    merchant_id = _merchant(rt, request)
+    if transaction_id is not None and not _known_id(transaction_id):
+        raise BadRequest("transactionId: not a transaction id", code=477)
 
     def read() -> list[dict[str, Any]]:
         with rt.db.read() as session:
             rows = service.listing(
                 session,
-                merchant_id=token.merchant_id,
+                merchant_id=merchant_id,
                 state=state.value if state else None,
                 transaction_id=transaction_id,
                 limit=limit,
@@ -67,12 +82,14 @@ async def list_notifications(
 async def get_notification(
     notification_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
-    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    merchant_id = _merchant(rt, request)
 
     def read() -> dict[str, Any]:
         with rt.db.read() as session:
-            found = session.get(Notification, notification_id)
-            if found is None or found.merchant_id != token.merchant_id:
+            found = (
+                session.get(Notification, notification_id) if _known_id(notification_id) else None
+            )
+            if found is None or found.merchant_id != merchant_id:
                 raise NotFound("notification not found")
             view = _view(found)
             view["body"] = wire.parse_json_object(found.body.encode("utf-8"))
@@ -96,11 +113,13 @@ async def get_notification(
 async def redeliver(
     notification_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
-    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    merchant_id = _merchant(rt, request)
 
     def write() -> bool:
+        if not _known_id(notification_id):
+            return False
         with rt.db.write() as session:
-            return service.redeliver(session, notification_id, merchant_id=token.merchant_id)
+            return service.redeliver(session, notification_id, merchant_id=merchant_id)
 
     if not await run_in_threadpool(write):
         raise NotFound("notification not found")

@@ -69,7 +69,9 @@ class Claimed:
     number: int
 
 
-def claim(session: Session, *, now: datetime, limit: int, lease: float) -> list[Claimed]:
+def claim(
+    session: Session, *, now: datetime, limit: int, lease: float, max_steps: int = 0
+) -> list[Claimed]:
     """Take up to ``limit`` due notifications for one attempt each.
 
     The claim moves ``next_attempt_at`` past the attempt (the lease), so no other
@@ -100,6 +102,12 @@ def claim(session: Session, *, now: datetime, limit: int, lease: float) -> list[
     )
     claimed = []
     for notification in rows:
+        if max_steps and notification.step >= max_steps:
+            # Its attempts ran out without a result ever recorded (a worker died on it
+            # each time): give up, as the schedule says.
+            notification.state = NotificationState.FAILED.value
+            notification.last_error = "no attempt was ever recorded; given up"
+            continue
         notification.attempts += 1
         notification.step += 1
         notification.next_attempt_at = now + timedelta(seconds=lease)
@@ -146,6 +154,10 @@ def record(
     notification = session.get(Notification, claimed.id, with_for_update=True)
     if notification is None:  # pragma: no cover - rows are never deleted
         return NotificationState.FAILED.value
+    attempt = session.get(DeliveryAttempt, claimed.attempt_id)
+    if attempt is None or attempt.outcome != AttemptOutcome.SENDING.value:
+        # Too late: the claim expired and another claim took over; its result counts.
+        return notification.state
     if result.delivered:
         outcome = AttemptOutcome.DELIVERED
         notification.state = NotificationState.DELIVERED.value
@@ -155,7 +167,9 @@ def record(
         notification.state = NotificationState.FAILED.value
     else:
         outcome = AttemptOutcome.RETRY
-        notification.next_attempt_at = now + timedelta(seconds=schedule[notification.step - 1])
+        if notification.step >= 1:  # 0: redelivered meanwhile, and due now already
+            delay = schedule[notification.step - 1]
+            notification.next_attempt_at = now + timedelta(seconds=delay)
     notification.last_status = result.http_status
     notification.last_error = result.error
     session.execute(

@@ -28,7 +28,9 @@ async def check_status(
 
     def lookup() -> service.Lookup:
         with rt.db.read() as session:
-            return service.by_invoice(session, token, invoice_id[:64])
+            # A NUL (or a lone surrogate) is no invoice, and PostgreSQL refuses it outright.
+            clean = "" if wire.text_problem(invoice_id) else invoice_id[:64]
+            return service.by_invoice(session, token, clean)
 
     found = await run_in_threadpool(lookup)
     body: dict[str, Any] = {
