@@ -4,7 +4,7 @@ from tolem.cards.models import SavedCard
 from tolem.db.base import Base
 from tolem.merchants.models import Merchant, Terminal
 from tolem.notifications.models import DeliveryAttempt, Notification
-from tolem.payments.models import Transaction, TransactionEvent
+from tolem.payments.models import Operation, Transaction, TransactionEvent
 from tolem.processor.simulator import AcsSession, LedgerEntry
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "LedgerEntry",
     "Merchant",
     "Notification",
+    "Operation",
     "SavedCard",
     "Terminal",
     "Transaction",

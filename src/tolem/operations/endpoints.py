@@ -1,16 +1,17 @@
-"""GET /check-status/payment/transaction/{invoiceId}."""
+"""Status and operations: check-status, and charge, cancel, refund of a transaction."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from tolem import wire
+from tolem import fields, wire
 from tolem.oauth import service as oauth
-from tolem.operations import service
+from tolem.operations import actions, service
 from tolem.payments.models import Transaction
 from tolem.runtime import Runtime, runtime
 
@@ -83,3 +84,59 @@ def transaction_body(tx: Transaction) -> dict[str, Any]:
         "ipLatitude": 0,
         "ipLongitude": 0,
     }
+
+
+async def _operation_input(request: Request) -> tuple[Decimal | None, str]:
+    """``amount`` and ``externalID`` from the query (``?amount=300``) or a JSON body."""
+    raw = await request.body()
+    data: dict[str, Any] = {}
+    if raw.strip():
+        try:
+            data = wire.parse_json_object(raw)
+        except wire.BodyError as exc:
+            raise actions.OperationRefused(str(exc)) from exc
+    q = request.query_params
+    raw_amount = q.get("amount", data.get("amount"))
+    external = q.get("externalID") or q.get("externalId") or data.get("externalID") or ""
+    try:
+        amount = None if raw_amount in (None, "") else fields.amount(raw_amount)
+        external_id = fields.text(external, "externalID", max_length=100)
+    except fields.FieldError as exc:
+        raise actions.OperationRefused(str(exc)) from exc
+    return amount, external_id
+
+
+def _operation_route(kind: str) -> Any:
+    async def operate(
+        transaction_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
+    ) -> Response:
+        token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+        amount, external_id = await _operation_input(request)
+        clean_id = "" if wire.text_problem(transaction_id) else transaction_id
+        outcome = await run_in_threadpool(
+            actions.run, rt, token, clean_id, kind, amount, external_id
+        )
+        tx = outcome.transaction
+        return wire.json_response(
+            {
+                "code": 0,
+                "message": "success",
+                "id": tx.id,
+                "operationId": outcome.operation.id,
+                "status": tx.status,
+                "amount": outcome.operation.amount,
+                "amountCharged": tx.amount_charged,
+                "amountRefunded": tx.amount_refunded,
+                "reference": outcome.operation.reference,
+            }
+        )
+
+    operate.__name__ = kind
+    return operate
+
+
+for _kind in (actions.CHARGE, actions.CANCEL, actions.REFUND):
+    router.post(
+        f"/operation/{{transaction_id}}/{_kind}",
+        summary=f"{_kind.capitalize()} a transaction",
+    )(_operation_route(_kind))

@@ -105,6 +105,13 @@ class Transaction(Base):
 
     amount_charged: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))
     amount_refunded: Mapped[Decimal] = mapped_column(Money(), default=Decimal("0.00"))
+    # Refunds sent to the acquirer and not answered yet: reserved, so that refunds
+    # racing each other never add up to more than was charged.
+    amount_refund_pending: Mapped[Decimal] = mapped_column(
+        Money(), default=Decimal("0.00"), server_default="0"
+    )
+    # The charge or cancel under way, if any: only one of them may run at a time.
+    operation_lock: Mapped[str | None] = mapped_column(String(36))
 
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
@@ -123,3 +130,20 @@ class TransactionEvent(Base):
     amount: Mapped[Decimal] = mapped_column(Money())
     reason_code: Mapped[int] = mapped_column(Integer, default=0)
     detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class Operation(Base):
+    """A charge, cancel or refund of a transaction, and what the acquirer said."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # charge, cancel, refund
+    amount: Mapped[Decimal] = mapped_column(Money())
+    external_id: Mapped[str] = mapped_column(String(100), default="")
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, declined
+    reason_code: Mapped[int] = mapped_column(Integer, default=0)
+    reference: Mapped[str] = mapped_column(String(12), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

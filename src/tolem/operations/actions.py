@@ -1,0 +1,215 @@
+"""Charge, cancel and refund (EPAY.md sections 8 and 11).
+
+Life cycle: AUTH → CHARGE (charge, full or partial) or CANCEL (cancel); CHARGE →
+partial refunds → REFUND once everything charged is refunded.
+
+Each operation is three steps, like a payment: **begin** (one write transaction
+checks the state and takes what the operation needs: the transaction's operation
+lock for a charge or cancel, so that a charge racing a cancel cannot both proceed;
+the refund's amount in ``amount_refund_pending``, so that refunds racing each other
+never add up to more than was charged), the **acquirer** call outside any
+transaction with the operation's id as its idempotency reference, then **finish**
+(one write transaction records the outcome, the history line and the postLink).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import literal, select, update
+from sqlalchemy.orm import Session
+
+from tolem import reasons
+from tolem.db.base import Money, new_id, utcnow
+from tolem.errors import BadRequest
+from tolem.merchants.models import Terminal
+from tolem.notifications import service as notifications
+from tolem.oauth.tokens import AccessToken
+from tolem.payments.models import Operation, Status, Transaction, TransactionEvent
+from tolem.processor.base import ProcessorResult
+from tolem.runtime import Runtime
+
+log = logging.getLogger("tolem.operations")
+
+CHARGE, CANCEL, REFUND = "charge", "cancel", "refund"
+#: ePay's smallest refund (EPAY.md section 8), in the currency's major unit.
+MIN_REFUND = Decimal("10")
+
+
+class OperationRefused(BadRequest):
+    """ePay's operation error: HTTP 400, code 100, a message that says what is wrong."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code=100)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    operation: Operation
+    transaction: Transaction
+
+
+def _find(session: Session, token: AccessToken, tx_id: str) -> Transaction:
+    """The token's merchant's transaction (and terminal, invoice if bound), or 'not found'."""
+    tx = session.get(Transaction, tx_id) if len(tx_id) <= 36 else None
+    if (
+        tx is None
+        or tx.merchant_id != token.merchant_id
+        or (token.terminal_id and tx.terminal_id != token.terminal_id)
+        or (token.invoice_id and tx.invoice_id != token.invoice_id)
+    ):
+        raise OperationRefused("transaction not found")
+    return tx
+
+
+def begin(
+    session: Session,
+    token: AccessToken,
+    tx_id: str,
+    kind: str,
+    amount: Decimal | None,
+    external_id: str = "",
+) -> tuple[Operation, Transaction]:
+    tx = _find(session, token, tx_id)
+    op = Operation(
+        id=new_id(), transaction_id=tx.id, kind=kind, external_id=external_id, amount=Decimal(0)
+    )
+    if kind in (CHARGE, CANCEL):
+        if tx.status != Status.AUTH.value:
+            raise OperationRefused(f"{kind} needs status AUTH; the transaction is {tx.status}")
+        if kind == CHARGE:
+            op.amount = tx.amount if amount is None else amount
+            if op.amount <= 0 or op.amount > tx.amount:
+                raise OperationRefused(f"amount must be more than 0 and at most {tx.amount}")
+        else:
+            if amount is not None:
+                raise OperationRefused("cancel releases the whole amount; send no amount")
+            op.amount = tx.amount
+        taken = session.execute(
+            update(Transaction)
+            .where(
+                Transaction.id == tx.id,
+                Transaction.status == Status.AUTH.value,
+                Transaction.operation_lock.is_(None),
+            )
+            .values(operation_lock=op.id, updated_at=utcnow())
+        )
+        if taken.rowcount != 1:  # type: ignore[attr-defined]
+            raise OperationRefused("another charge or cancel of this transaction is under way")
+    else:
+        if tx.status != Status.CHARGE.value:
+            raise OperationRefused(f"refund needs status CHARGE; the transaction is {tx.status}")
+        left = tx.amount_charged - tx.amount_refunded - tx.amount_refund_pending
+        op.amount = left if amount is None else amount
+        if op.amount <= 0:
+            raise OperationRefused("nothing is left to refund")
+        if tx.currency == "KZT" and op.amount < MIN_REFUND:
+            raise OperationRefused(f"a refund is at least {MIN_REFUND} KZT")
+        # Money columns hold minor units: the amount must be bound as Money too.
+        wanted = literal(op.amount, Money())
+        reserved = session.execute(
+            update(Transaction)
+            .where(
+                Transaction.id == tx.id,
+                Transaction.status == Status.CHARGE.value,
+                Transaction.amount_refunded + Transaction.amount_refund_pending + wanted
+                <= Transaction.amount_charged,
+            )
+            .values(
+                amount_refund_pending=Transaction.amount_refund_pending + wanted,
+                updated_at=utcnow(),
+            )
+        )
+        if reserved.rowcount != 1:  # type: ignore[attr-defined]
+            raise OperationRefused("the refunds would exceed the amount charged")
+    session.add(op)
+    return op, tx
+
+
+def finish(session: Session, op: Operation, result: ProcessorResult) -> Transaction:
+    tx = session.get(Transaction, op.transaction_id, with_for_update=True, populate_existing=True)
+    assert tx is not None
+    now = utcnow()
+    approved = result.approved
+    if op.kind == CHARGE:
+        if approved:
+            tx.status, tx.amount_charged = Status.CHARGE.value, op.amount
+        tx.operation_lock = None
+    elif op.kind == CANCEL:
+        if approved:
+            tx.status = Status.CANCEL.value
+        tx.operation_lock = None
+    else:
+        tx.amount_refund_pending -= op.amount
+        if approved:
+            tx.amount_refunded += op.amount
+            if tx.amount_refunded >= tx.amount_charged:
+                tx.status = Status.REFUND.value
+    tx.updated_at = now
+    op.state = "done" if approved else "declined"
+    op.reason_code = result.reason_code
+    op.reference = result.rrn
+    op.finished_at = now
+    session.add(
+        TransactionEvent(
+            transaction_id=tx.id,
+            kind=op.kind if approved else f"{op.kind}-declined",
+            status=tx.status,
+            amount=op.amount,
+            reason_code=result.reason_code,
+            detail=op.external_id,
+        )
+    )
+    if approved:
+        notifications.enqueue(session, tx, event=op.kind)
+    log.info("%s %s of %s: %s", op.kind, op.amount, tx.id, "done" if approved else "declined")
+    return tx
+
+
+def run(
+    rt: Runtime,
+    token: AccessToken,
+    tx_id: str,
+    kind: str,
+    amount: Decimal | None = None,
+    external_id: str = "",
+) -> Outcome:
+    """Begin, ask the acquirer, finish. Raises :class:`OperationRefused`."""
+    with rt.db.write() as session:
+        op, tx = begin(session, token, tx_id, kind, amount, external_id)
+        terminal = session.get(Terminal, tx.terminal_id)
+    assert terminal is not None
+    acquirer = rt.acquirer_for(terminal)
+    reference = op.id  # the acquirer's idempotency key for this operation
+    try:
+        if kind == CHARGE:
+            result = acquirer.capture(reference, tx.id, op.amount)
+        elif kind == CANCEL:
+            result = acquirer.void(reference, tx.id)
+        else:
+            result = acquirer.refund(reference, tx.id, op.amount)
+    except Exception:
+        # Unknown outcome: the lock or the reserved amount stays, so nothing can be
+        # done twice; recovery asks the acquirer (inquire) about this reference.
+        log.exception("acquirer unreachable for %s %s", kind, reference)
+        raise OperationRefused("the processor did not answer; the operation is pending") from None
+    with rt.db.write() as session:
+        current = session.get(Operation, op.id)
+        assert current is not None
+        tx = finish(session, current, result)
+        op = current
+    if not result.approved:
+        raise OperationRefused(f"declined: {reasons.message(result.reason_code)}")
+    return Outcome(op, tx)
+
+
+def history(session: Session, tx_id: str) -> list[Operation]:
+    return list(
+        session.scalars(
+            select(Operation)
+            .where(Operation.transaction_id == tx_id)
+            .order_by(Operation.created_at)
+        )
+    )
