@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
+
+import httpx
 
 from tests import secure3d_support as s3d
-from tests.support import Gateway, pay, query
+from tests.support import TERMINAL, Gateway, new_invoice, pay, query, token
 from tolem.cards.vault import CardVault, SealedCard
 
 VISA = ("4405639704015096", "0125", "815")
@@ -99,3 +102,97 @@ def test_the_sealed_card_opens_with_the_gateways_card_key_only(gateway: Gateway)
     assert (
         VISA[0] not in row.sealed and base64.b64encode(VISA[0].encode()).decode() not in row.sealed
     )
+
+
+def _card_payment(gw: Gateway, client: httpx.Client, card_id: Any, account: str) -> httpx.Response:
+    invoice = new_invoice()
+    tok = token(client, invoice=invoice)["access_token"]
+    body = {
+        "amount": 100,
+        "currency": "KZT",
+        "name": "JON JONSON",
+        "terminalId": TERMINAL,
+        "invoiceId": invoice,
+        "description": "repeat order",
+        "accountId": account,
+        "language": "rus",
+        "paymentType": "cardId",
+        "cardId": {"id": card_id},
+        "postLink": "https://testmerchant/order/2",
+    }
+    return client.post(
+        "/payments/cards/auth", json=body, headers={"Authorization": f"Bearer {tok}"}
+    )
+
+
+def test_pay_with_a_saved_card_list_it_and_deactivate_it(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        saved = pay(gateway, client, card=VISA, cardSave=True, accountId="repeat-1")
+        card_id = saved.json()["cardID"]
+
+        again = _card_payment(gateway, client, card_id, "repeat-1")  # no CVC needed
+        assert again.status_code == 200, again.text
+        assert (again.json()["status"], again.json()["cardID"], again.json()["cardMask"]) == (
+            "AUTH",
+            card_id,
+            "440563...5096",
+        )
+        service = {"Authorization": f"Bearer {token(client)['access_token']}"}
+        listed = client.get("/cards/repeat-1", headers=service)
+        assert listed.status_code == 200, listed.text
+        [view] = listed.json()
+        assert (view["ID"], view["CardMask"], view["AccountID"], view["PaymentAvailable"]) == (
+            card_id,
+            "440563...5096",
+            "repeat-1",
+            True,
+        )
+        assert set(view) == {
+            "ID", "TransactionId", "MerchantID", "CardHash", "CardMask", "PayerName",
+            "Reference", "IntReference", "Token", "Terminal", "CreatedDate",
+            "PaymentAvailable", "AccountID",
+        }  # fmt: skip
+        # Another customer's account cannot use it.
+        other = _card_payment(gateway, client, card_id, "someone-else")
+        assert (other.status_code, other.json()["code"]) == (400, 1373)
+
+        done = client.post(f"/card/deactivate/{card_id}", headers=service)
+        assert done.json() == {"status": "card successfully deactivated"}
+        assert client.get("/cards/repeat-1", headers=service).json()["code"] == 1373
+        after = _card_payment(gateway, client, card_id, "repeat-1")
+        assert (after.status_code, after.json()["code"]) == (400, 1373)
+        again_off = client.post(f"/card/deactivate/{card_id}", headers=service)
+        assert again_off.status_code == 400
+    rows = query(
+        gateway.database_url, "SELECT state, sealed FROM saved_cards WHERE id = :i", i=card_id
+    )
+    assert [(r.state, r.sealed) for r in rows] == [("deactivated", "")]
+
+
+def test_a_saved_3ds_card_pays_without_a_challenge_unless_the_terminal_demands_it(
+    gateway: Gateway,
+) -> None:
+    with gateway.client() as client:
+        pending = s3d.start(gateway, client, cardSave=True, accountId="repeat-3ds")
+        pa_res, md = s3d.pass_acs(client, pending)
+        card_id = s3d.confirm(client, pending.token, pending.id, pa_res, md).json()
+        rows = query(
+            gateway.database_url, "SELECT card_id FROM transactions WHERE id = :t", t=pending.id
+        )
+        paid = _card_payment(gateway, client, rows[0].card_id, "repeat-3ds")
+    assert card_id["status"] == "AUTH"
+    assert paid.status_code == 200 and paid.json()["secure3D"] is None, paid.text
+
+
+def test_saved_card_calls_are_scoped_and_answer_bad_input(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        service = {"Authorization": f"Bearer {token(client)['access_token']}"}
+        for path in ("/cards/nobody", "/cards/a%00b"):
+            answer = client.get(path, headers=service)
+            assert (answer.status_code, answer.json()["code"]) == (400, 1373)
+        assert client.post("/card/deactivate/a%00b", headers=service).status_code == 400
+        unknown = _card_payment(gateway, client, "00000000-0000-0000-0000-000000000000", "x")
+        assert unknown.json()["code"] == 1373
+        missing = _card_payment(gateway, client, None, "x")
+        assert missing.status_code == 400 and "cardId" in missing.json()["message"]
+        assert client.get("/cards/nobody").status_code == 401

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tolem import __version__, wire
 from tolem.apidocs import install_docs
+from tolem.cards.endpoints import router as cards_router
 from tolem.config import Settings
 from tolem.errors import install_handlers
 from tolem.notifications.endpoints import router as notifications_router
@@ -92,6 +93,7 @@ def api_router() -> APIRouter:
     router.include_router(secure3d_api)
     router.include_router(status_router)
     router.include_router(notifications_router)
+    router.include_router(cards_router)
     return router
 
 

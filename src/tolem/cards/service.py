@@ -68,3 +68,35 @@ def settle(session: Session, tx: Transaction, *, approved: bool) -> str:
     pending.state = CardState.ACTIVE.value
     pending.updated_at = utcnow()
     return pending.id
+
+
+def active_card(session: Session, merchant_id: str, card_id: str) -> SavedCard | None:
+    """The merchant's usable card with this id (another merchant's is not found)."""
+    card = session.get(SavedCard, card_id) if 0 < len(card_id) <= 36 else None
+    if card is None or card.merchant_id != merchant_id or card.state != CardState.ACTIVE.value:
+        return None
+    return card
+
+
+def cards_of(session: Session, merchant_id: str, account_id: str) -> list[SavedCard]:
+    return list(
+        session.scalars(
+            select(SavedCard)
+            .where(
+                SavedCard.merchant_id == merchant_id,
+                SavedCard.account_id == account_id,
+                SavedCard.state == CardState.ACTIVE.value,
+            )
+            .order_by(SavedCard.created_at)
+        )
+    )
+
+
+def deactivate(session: Session, merchant_id: str, card_id: str) -> bool:
+    card = active_card(session, merchant_id, card_id)
+    if card is None:
+        return False
+    card.state = CardState.DEACTIVATED.value
+    card.sealed = ""  # nothing of a deactivated card's number is kept
+    card.updated_at = utcnow()
+    return True

@@ -52,7 +52,7 @@ async def cryptopay(request: Request, rt: Annotated[Runtime, Depends(runtime)]) 
     try:
         token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
     except Unauthorized as exc:  # a payment error carries the invoice fields, 401 too
-        raise Unauthorized(exc.message, code=exc.code, **_invoice_of(_lenient(raw))) from None
+        raise Unauthorized(exc.message, code=exc.code, **invoice_of(_lenient(raw))) from None
     try:
         data = wire.parse_json_object(raw)
     except wire.BodyError as exc:
@@ -77,16 +77,16 @@ def _pay(
     try:
         body = parse_cryptopay(data)
     except fields.FieldError as exc:
-        raise BadRequest(str(exc), code=exc.code, **_invoice_of(data)) from exc
+        raise BadRequest(str(exc), code=exc.code, **invoice_of(data)) from exc
     try:
         card, card_terminal = decrypt(rt.keys.rsa_private, body.cryptogram)
     except CryptogramError as exc:
-        raise BadRequest(str(exc), code=477, **_invoice_of(data)) from exc
+        raise BadRequest(str(exc), code=477, **invoice_of(data)) from exc
     ctx = service.PaymentContext(token=token, ip=ip)
     return service.pay(rt, ctx, body.order(), card, card_terminal)
 
 
-def _invoice_of(data: dict[str, Any]) -> dict[str, str]:
+def invoice_of(data: dict[str, Any]) -> dict[str, str]:
     """The invoice fields of an error, echoed from a body that may be malformed."""
 
     def pick(*names: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -25,19 +26,14 @@ _TEXT_LIMITS = {
 }
 
 
-class CryptopayBody(BaseModel):
-    """``POST /payment/cryptopay`` (EPAY.md section 5)."""
+class OrderBody(BaseModel):
+    """The order fields cryptopay and a saved-card payment share (EPAY.md sections 5, 7)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     amount: Decimal = Field(description="Amount, a JSON number or numeric string.")
     currency: str = Field(description="ISO 4217 letter code, e.g. KZT.")
     name: str = Field(description="Cardholder name.")
-    cryptogram: str = Field(
-        validation_alias=AliasChoices("cryptogram", "\u0441ryptogram"),
-        description="Card data encrypted with /public.rsa (RSA PKCS#1 v1.5, base64). "
-        "The key may also be spelled with a Cyrillic es (U+0441).",
-    )
     invoice_id: str = Field(
         validation_alias=AliasChoices("invoiceId", "invoiceID", "InvoiceID", "InvoiceId"),
         description="Order number, 6 to 15 digits; its last 6 digits are unique per terminal.",
@@ -106,11 +102,6 @@ class CryptopayBody(BaseModel):
             return ""
         return fields.invoice(value, "invoiceIdAlt")
 
-    @field_validator("cryptogram", mode="before")
-    @classmethod
-    def _cryptogram(cls, value: Any) -> str:
-        return fields.text(value, "cryptogram", max_length=8192, required=True)
-
     @field_validator("name", "description", mode="before")
     @classmethod
     def _required_text(cls, value: Any, info: Any) -> str:
@@ -146,13 +137,62 @@ class CryptopayBody(BaseModel):
         return fields.language(value)
 
 
+class CryptopayBody(OrderBody):
+    """``POST /payment/cryptopay`` (EPAY.md section 5)."""
+
+    cryptogram: str = Field(
+        validation_alias=AliasChoices("cryptogram", "\u0441ryptogram"),
+        description="Card data encrypted with /public.rsa (RSA PKCS#1 v1.5, base64). "
+        "The key may also be spelled with a Cyrillic es (U+0441).",
+    )
+
+    @field_validator("cryptogram", mode="before")
+    @classmethod
+    def _cryptogram(cls, value: Any) -> str:
+        return fields.text(value, "cryptogram", max_length=8192, required=True)
+
+
+class SavedCardBody(OrderBody):
+    """``POST /payments/cards/auth`` with ``paymentType: "cardId"`` (EPAY.md section 7)."""
+
+    card_id: str = Field(
+        validation_alias=AliasChoices("cardId", "cardID", "CardId"),
+        description='The saved card: {"id": "<cardID>"} (or the id as a string).',
+    )
+    back_link: str = Field("", validation_alias=AliasChoices("backLink", "backlink"))
+    failure_back_link: str = Field(
+        "", validation_alias=AliasChoices("failureBackLink", "failurebacklink")
+    )
+
+    @field_validator("card_id", mode="before")
+    @classmethod
+    def _card_id(cls, value: Any) -> str:
+        if isinstance(value, dict):
+            value = value.get("id", value.get("ID"))
+        return fields.text(value, "cardId", max_length=36, required=True).strip()
+
+    @field_validator("back_link", "failure_back_link", mode="before")
+    @classmethod
+    def _back(cls, value: Any, info: Any) -> str:
+        return fields.link(value, info.field_name)
+
+    def order(self) -> PaymentOrder:
+        return replace(
+            super().order(),
+            card_id=self.card_id,
+            back_link=self.back_link,
+            failure_back_link=self.failure_back_link,
+        )
+
+
 def _wire_name(name: str, alias: object) -> str:
     return str(alias.choices[0]) if isinstance(alias, AliasChoices) else name
 
 
 _WIRE_NAMES: dict[str, str] = {
     name: _wire_name(name, info.validation_alias)
-    for name, info in CryptopayBody.model_fields.items()
+    for model in (CryptopayBody, SavedCardBody)
+    for name, info in model.model_fields.items()
 }
 
 
@@ -160,6 +200,13 @@ def parse_cryptopay(data: dict[str, Any]) -> CryptopayBody:
     """Validate a body, or raise :class:`fields.FieldError` for its first problem."""
     try:
         return CryptopayBody.model_validate(data)
+    except ValidationError as exc:
+        raise _field_error(exc) from None
+
+
+def parse_saved_card(data: dict[str, Any]) -> SavedCardBody:
+    try:
+        return SavedCardBody.model_validate(data)
     except ValidationError as exc:
         raise _field_error(exc) from None
 

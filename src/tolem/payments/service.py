@@ -39,6 +39,7 @@ from tolem.processor.base import (
     Card,
     Challenge,
     ProcessorResult,
+    Secure3DPolicy,
 )
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ SECURE3D_FAILURES = frozenset({473, 496, 499})
 
 #: ``paymentType`` of a card verification: amount 0, the card checked and saved.
 CARD_VERIFICATION = "cardVerification"
+#: ``paymentType`` of a payment with a saved card (``POST /payments/cards/auth``).
+CARD_ID = "cardId"
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class PaymentOrder:
     payment_type: str = ""
     back_link: str = ""
     failure_back_link: str = ""
+    card_id: str = ""  # paying with this saved card
 
     @property
     def is_verification(self) -> bool:
@@ -152,7 +156,12 @@ def claim(
         amount=body.amount,
         currency=body.currency,
         status=Status.NEW.value,
-        payment_type=CARD_VERIFICATION if body.is_verification else body.payment_type or "card",
+        payment_type=CARD_VERIFICATION
+        if body.is_verification
+        else CARD_ID
+        if body.card_id
+        else body.payment_type or "card",
+        card_id=body.card_id,
         description=body.description,
         account_id=body.account_id,
         email=body.email,
@@ -207,7 +216,10 @@ def authorize(
         currency=tx.currency,
         card=card,
         capture=not terminal.two_step and tx.payment_type != CARD_VERIFICATION,
-        secure3d=terminal.secure3d,
+        # A saved card asks for 3-D Secure only when the terminal always does.
+        secure3d=terminal.secure3d
+        if tx.payment_type != CARD_ID or terminal.secure3d == Secure3DPolicy.ALWAYS
+        else Secure3DPolicy.NEVER,
         merchant_name=terminal.name,
         language=tx.language,
         verify=tx.payment_type == CARD_VERIFICATION,

@@ -20,7 +20,7 @@ class Card:
     pan: str
     exp_month: int
     exp_year: int  # four digits
-    cvc: str
+    cvc: str  # "" for a saved card, charged on file
 
     def __repr__(self) -> str:  # never let a PAN or CVC reach a log by accident
         return f"Card(pan={self.pan[:6]}...{self.pan[-4:]}, cvc=***)"

@@ -111,6 +111,8 @@ def decide(card: Card, today: datetime | None = None) -> int:
         same_expiry = [c for c in listed if c.expiry == expiry]
         if not same_expiry:
             return cards.WRONG_EXPIRY
+        if not card.cvc:  # a saved card is charged without its CVC
+            return same_expiry[0].reason_code
         for entry in same_expiry:
             if entry.cvc == _pad_cvc(card):
                 return entry.reason_code
@@ -128,7 +130,7 @@ def decide(card: Card, today: datetime | None = None) -> int:
     if (card.exp_year, card.exp_month) < (now.year, now.month):
         return 478
     cvc = _pad_cvc(card)
-    if not cvc.isdigit() or len(cvc) != carddata.cvc_length(card.pan):
+    if card.cvc and (not cvc.isdigit() or len(cvc) != carddata.cvc_length(card.pan)):
         return 477
     return 0
 
