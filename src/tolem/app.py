@@ -18,6 +18,7 @@ from tolem.apidocs import install_docs
 from tolem.cards.endpoints import router as cards_router
 from tolem.config import Settings
 from tolem.errors import install_handlers
+from tolem.idempotency import Idempotency
 from tolem.notifications.endpoints import router as notifications_router
 from tolem.oauth.endpoints import router as oauth_router
 from tolem.operations.endpoints import router as status_router
@@ -99,6 +100,7 @@ def api_router() -> APIRouter:
 
 async def _expire_secure3d(rt: Runtime) -> None:
     """Fail payments whose 3-D Secure time ran out; every worker may run this safely."""
+    from tolem.idempotency import sweep as idempotency_sweep
     from tolem.secure3d.service import expire_stale
 
     interval = max(1.0, min(15.0, rt.settings.secure3d_timeout / 4))
@@ -108,6 +110,7 @@ async def _expire_secure3d(rt: Runtime) -> None:
             expired = await run_in_threadpool(expire_stale, rt)
             if expired:
                 log.info("3-D Secure expired for %d payments", expired)
+            await run_in_threadpool(idempotency_sweep, rt)  # keys older than 24 hours
         except Exception:
             log.exception("3-D Secure expiry sweep failed; retrying")
 
@@ -161,6 +164,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.include_router(secure3d_pages)
     app.include_router(payform_router)
     # Shops call the token endpoint and the API from browser pages.
+    app.add_middleware(Idempotency)  # inside the body limit: bodies are already bounded
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"],

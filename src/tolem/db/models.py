@@ -2,6 +2,7 @@
 
 from tolem.cards.models import SavedCard
 from tolem.db.base import Base
+from tolem.idempotency import IdempotencyKey
 from tolem.merchants.models import Merchant, Terminal
 from tolem.notifications.models import DeliveryAttempt, Notification
 from tolem.payments.models import Operation, Transaction, TransactionEvent
@@ -11,6 +12,7 @@ __all__ = [
     "AcsSession",
     "Base",
     "DeliveryAttempt",
+    "IdempotencyKey",
     "LedgerEntry",
     "Merchant",
     "Notification",

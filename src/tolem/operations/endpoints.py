@@ -43,6 +43,30 @@ async def check_status(
     return wire.json_response(body | {"transaction": transaction_body(found.transaction)})
 
 
+@router.get("/operation/{invoice_id}", summary="Legacy status: a flat object, code = status")
+async def legacy_status(
+    invoice_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
+) -> Response:
+    """What old integrations still call (EPAY.md section 8): the transaction's fields with
+    ``code`` holding the status name; the check-status rules otherwise."""
+    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+
+    def lookup() -> service.Lookup:
+        with rt.db.read() as session:
+            clean = "" if wire.text_problem(invoice_id) else invoice_id[:64]
+            return service.by_invoice(session, token, clean)
+
+    found = await run_in_threadpool(lookup)
+    if found.transaction is None:
+        return wire.json_response(
+            {"code": found.result_code, "message": service.RESULT_MESSAGES[found.result_code]},
+            status_code=400,
+        )
+    return wire.json_response(
+        transaction_body(found.transaction) | {"code": found.transaction.status}
+    )
+
+
 def transaction_body(tx: Transaction) -> dict[str, Any]:
     """The status API's transaction object (EPAY.md section 8)."""
     return {
