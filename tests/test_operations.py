@@ -185,3 +185,26 @@ def test_a_charge_racing_a_cancel_one_wins(gateway: Gateway) -> None:
         t=tx,
     )
     assert done[0].n == 1
+
+
+def test_racing_charges_charge_once_and_never_more_than_authorised(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        headers = _service(client)
+        tx = _paid(gateway, client)
+
+    def charge(i: int) -> int:
+        with gateway.client() as own:
+            amount = str(500 + 50 * (i % 11))  # 500 … 1000, all within the authorisation
+            return _operate(own, headers, tx, "charge", params={"amount": amount}).status_code
+
+    with ThreadPoolExecutor(20) as pool:
+        codes = list(pool.map(charge, range(20)))
+    assert codes.count(200) == 1 and codes.count(400) == 19
+    row = _row(gateway, tx)
+    assert row.status == "CHARGE" and Decimal("500") <= _money(row.amount_charged) <= 1000
+    captures = query(
+        gateway.database_url,
+        "SELECT count(*) AS n FROM simulator_ledger WHERE kind = 'capture' AND auth_reference = :t",
+        t=tx,
+    )
+    assert captures[0].n == 1
