@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
+
 import httpx
+import sqlalchemy as sa
 
 from tests.secure3d_support import confirm, pass_acs, start
-from tests.support import TERMINAL, Gateway, new_invoice, pay, token
+from tests.support import (
+    TERMINAL,
+    Gateway,
+    cryptogram,
+    cryptopay,
+    new_invoice,
+    pay,
+    payment_body,
+    token,
+)
 
 
 def _status(client: httpx.Client, tok: str, invoice: str) -> httpx.Response:
@@ -67,3 +79,43 @@ def test_another_merchant_never_sees_the_payment(gateway: Gateway) -> None:
         answer = _status(client, stranger, paid["invoiceID"])
         assert (answer.status_code, answer.json()["resultCode"]) == (400, "102")
         assert "transaction" not in answer.json()
+
+
+def test_an_invoice_on_another_terminal_of_the_merchant_is_109(gateway: Gateway) -> None:
+    second = str(uuid.uuid4())
+    engine = sa.create_engine(gateway.database_url)
+    try:  # a second terminal of the test merchant (the CLI makes one per merchant)
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO terminals (id, merchant_id, name, two_step, currencies,"
+                    " secure3d, is_test, created_at) SELECT :id, merchant_id, 'second',"
+                    " two_step, currencies, secure3d, is_test, created_at FROM terminals"
+                    " WHERE id = :t"
+                ),
+                {"id": second, "t": TERMINAL},
+            )
+    finally:
+        engine.dispose()
+    with gateway.client() as client:
+        invoice = new_invoice()
+        tok = token(client, invoice=invoice, terminal=second)["access_token"]
+        body = payment_body(gateway, invoice)
+        body["cryptogram"] = cryptogram(gateway, "4405639704015096", "0125", "815", terminal=second)
+        paid = cryptopay(client, tok, body)
+        assert paid.status_code == 200, paid.text
+        first_terminal = token(client)["access_token"]
+        answer = _status(client, first_terminal, invoice)
+        assert answer.status_code == 400
+        assert answer.json() == {
+            "resultCode": "109",
+            "resultMessage": "Terminal does not belong to the client",
+        }
+        # Operations with a token of the first terminal do not find it either.
+        charge = client.post(
+            f"/operation/{paid.json()['id']}/charge",
+            headers={"Authorization": f"Bearer {first_terminal}"},
+        )
+        assert (charge.status_code, charge.json()["message"]) == (400, "transaction not found")
+        own = _status(client, token(client, terminal=second)["access_token"], invoice)
+        assert own.json()["transaction"]["terminalID"] == second
