@@ -208,3 +208,33 @@ def test_racing_charges_charge_once_and_never_more_than_authorised(gateway: Gate
         t=tx,
     )
     assert captures[0].n == 1
+
+
+def test_another_merchant_finds_neither_the_transaction_nor_its_card(gateway: Gateway) -> None:
+    from tests.test_secure3d import _merchant
+
+    with gateway.client() as client:
+        invoice = new_invoice()
+        tok = token(client, invoice=invoice)["access_token"]
+        body = payment_body(gateway, invoice) | {"cardSave": True, "accountId": "owner-1"}
+        paid = cryptopay(client, tok, body).json()
+        creds = _merchant(gateway)
+        stranger = token(
+            client,
+            terminal=creds["terminalId"],
+            client_id=creds["clientId"],
+            client_secret=creds["clientSecret"],
+        )["access_token"]
+        headers = {"Authorization": f"Bearer {stranger}"}
+        for kind in ("charge", "cancel", "refund"):
+            _refused(_operate(client, headers, paid["id"], kind), "transaction not found")
+        assert client.get("/cards/owner-1", headers=headers).json()["code"] == 1373
+        gone = client.post(f"/card/deactivate/{paid['cardID']}", headers=headers)
+        assert gone.status_code == 400
+        legacy = client.get(f"/operation/{invoice}", headers=headers)
+        assert (legacy.status_code, legacy.json()["code"]) == (400, "102")
+    assert _row(gateway, paid["id"]).status == "AUTH"
+    rows = query(
+        gateway.database_url, "SELECT state FROM saved_cards WHERE id = :i", i=paid["cardID"]
+    )
+    assert [r.state for r in rows] == ["active"]
