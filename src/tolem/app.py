@@ -72,19 +72,7 @@ async def _refuse(send: Send, path: str, status: int, message: str) -> None:
     content: dict[str, object] = {"code": 477, "message": message}
     if "/payment/" in path:  # payment errors always carry ePay's invoice fields
         content |= {"invoiceId": "", "id": "", "reference": "", "accountId": ""}
-    body = wire.dumps(content)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await wire.send_json(send, status, content, extra_headers=[(b"connection", b"close")])
 
 
 def api_router() -> APIRouter:

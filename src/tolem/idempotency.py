@@ -112,12 +112,19 @@ class Idempotency:
                         captured.content_type = value.decode("latin-1")
             elif message["type"] == "http.response.body":
                 captured.body += bytes(message.get("body", b""))
+                if not message.get("more_body", False):
+                    # Kept before the client has the whole answer: a retry it sends
+                    # right after gets the replay, not "still running".
+                    await run_in_threadpool(_finish, rt, merchant_id, key, captured)
+                    captured.kept = True
             await send(message)
 
         try:
             await self.app(scope, replay_body, capture)
         finally:
-            await run_in_threadpool(_finish, rt, merchant_id, key, captured)
+            if not captured.kept:  # the app failed before answering: free the key
+                captured.status = 500
+                await run_in_threadpool(_finish, rt, merchant_id, key, captured)
 
     @staticmethod
     def _merchant(scope: Scope, authorization: str) -> str | None:
@@ -181,6 +188,7 @@ class _Captured:
     status: int = 500
     content_type: str = ""
     body: bytes = b""
+    kept: bool = False
 
 
 def _finish(rt: Runtime, merchant_id: str, key: str, captured: _Captured) -> None:
@@ -224,15 +232,4 @@ async def _replay(send: Send, row: IdempotencyKey) -> None:
 
 
 async def _answer(send: Send, status: int, content: dict[str, object]) -> None:
-    body = wire.dumps(content)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await wire.send_json(send, status, content)

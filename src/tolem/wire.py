@@ -155,3 +155,17 @@ def _depth_exceeds(raw: bytes, limit: int) -> bool:
         elif byte in (0x5D, 0x7D):
             depth -= 1
     return False
+
+
+async def send_json(
+    send: Any, status: int, content: Any, *, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Answer from plain ASGI middleware (outside FastAPI's response classes)."""
+    body = dumps(content)
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *(extra_headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
