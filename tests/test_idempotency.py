@@ -98,3 +98,46 @@ def test_the_legacy_status_is_a_flat_object_whose_code_is_the_status(gateway: Ga
     )
     assert (missing.status_code, missing.json()["code"]) == (400, "102")
     assert nul.status_code == 400
+
+
+def test_a_request_cut_off_before_its_body_never_runs(gateway: Gateway) -> None:
+    import socket
+    import time
+    from urllib.parse import urlsplit
+
+    with gateway.client() as client:
+        service = token(client)["access_token"]
+        invoice = new_invoice()
+        tok = token(client, invoice=invoice, amount=1000)["access_token"]
+        tx = cryptopay(client, tok, payment_body(gateway, invoice, amount=1000)).json()["id"]
+    url = urlsplit(gateway.base_url)
+    with socket.create_connection((url.hostname, url.port)) as sock:
+        sock.sendall(
+            (
+                f"POST /operation/{tx}/charge HTTP/1.1\r\nHost: {url.netloc}\r\n"
+                f"Authorization: Bearer {service}\r\nIdempotency-Key: cut-off\r\n"
+                "Content-Type: application/json\r\nContent-Length: 15\r\n\r\n"
+            ).encode()
+        )
+    time.sleep(0.5)  # the server sees the disconnect
+    rows = query(gateway.database_url, "SELECT status FROM transactions WHERE id = :t", t=tx)
+    assert [r.status for r in rows] == ["AUTH"]  # not charged as if no amount were sent
+    with gateway.client() as client:
+        retried = client.post(
+            f"/operation/{tx}/charge", json={"amount": 300}, headers=_headers(service, "cut-off")
+        )
+    assert retried.status_code == 200 and retried.json()["amountCharged"] == 300
+
+
+def test_a_key_does_not_replay_to_a_token_of_another_order(gateway: Gateway) -> None:
+    key = secrets.token_hex(8)
+    with gateway.client() as client:
+        service = token(client)["access_token"]
+        invoice = new_invoice()
+        tok = token(client, invoice=invoice)["access_token"]
+        tx = cryptopay(client, tok, payment_body(gateway, invoice)).json()["id"]
+        first = client.post(f"/operation/{tx}/charge", headers=_headers(service, key))
+        other = token(client, invoice=new_invoice())["access_token"]
+        replay = client.post(f"/operation/{tx}/charge", headers=_headers(other, key))
+    assert first.status_code == 200
+    assert replay.status_code == 422 and "idempotent-replayed" not in replay.headers

@@ -196,3 +196,25 @@ def test_saved_card_calls_are_scoped_and_answer_bad_input(gateway: Gateway) -> N
         missing = _card_payment(gateway, client, None, "x")
         assert missing.status_code == 400 and "cardId" in missing.json()["message"]
         assert client.get("/cards/nobody").status_code == 401
+
+
+def test_cards_need_a_service_token_and_the_customers_account(gateway: Gateway) -> None:
+    with gateway.client() as client:
+        saved = pay(gateway, client, card=VISA, cardSave=True, accountId="owner-7")
+        card_id = saved.json()["cardID"]
+        browser = {
+            "Authorization": f"Bearer {token(client, invoice=new_invoice())['access_token']}"
+        }
+        assert client.get("/cards/owner-7", headers=browser).status_code == 401
+        assert client.post(f"/card/deactivate/{card_id}", headers=browser).status_code == 401
+        invoice = new_invoice()
+        tok = token(client, invoice=invoice)["access_token"]
+        no_account = client.post(
+            "/payments/cards/auth",
+            json={
+                "amount": 100, "currency": "KZT", "name": "X", "invoiceId": invoice,
+                "description": "d", "paymentType": "cardId", "cardId": {"id": card_id},
+            },
+            headers={"Authorization": f"Bearer {tok}"},
+        )  # fmt: skip
+        assert (no_account.status_code, no_account.json()["code"]) == (400, 477)

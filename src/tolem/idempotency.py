@@ -18,6 +18,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import anyio
 from sqlalchemy import String, Text, delete
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
@@ -58,10 +59,11 @@ class Idempotency:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         key = headers.get("idempotency-key", "").strip()
-        merchant_id = self._merchant(scope, headers.get("authorization", ""))
-        if not key or merchant_id is None:
+        owner = self._owner(scope, headers.get("authorization", ""))
+        if not key or owner is None:
             await self.app(scope, receive, send)
             return
+        merchant_id, scope_of = owner
         if len(key) > MAX_KEY or not key.isprintable() or not key.isascii():
             await _answer(
                 send,
@@ -70,12 +72,15 @@ class Idempotency:
             )
             return
         body = await _read_body(receive)
+        if body is None:
+            return
         digest = hashlib.sha256(
             b"\n".join(
                 [
                     scope["method"].encode(),
                     scope["path"].encode(),
                     scope.get("query_string", b""),
+                    scope_of.encode(),  # another terminal's or order's token: another request
                     body,
                 ]
             )
@@ -124,10 +129,12 @@ class Idempotency:
         finally:
             if not captured.kept:  # the app failed before answering: free the key
                 captured.status = 500
-                await run_in_threadpool(_finish, rt, merchant_id, key, captured)
+                with anyio.CancelScope(shield=True):  # even when the request is cancelled
+                    await run_in_threadpool(_finish, rt, merchant_id, key, captured)
 
     @staticmethod
-    def _merchant(scope: Scope, authorization: str) -> str | None:
+    def _owner(scope: Scope, authorization: str) -> tuple[str, str] | None:
+        """The token's merchant, and what else it binds (terminal, invoice)."""
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
             return None
@@ -138,19 +145,21 @@ class Idempotency:
             token = rt.sealer.open(value.strip())
         except TokenInvalid:
             return None
-        return None if token.expired() else str(token.merchant_id)
+        if token.expired():
+            return None
+        return str(token.merchant_id), f"{token.terminal_id}|{token.invoice_id}"
 
 
-async def _read_body(receive: Receive) -> bytes:
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole body, or None if the client went away before sending all of it."""
     chunks = []
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            break
+            return None  # http.disconnect: a cut-off request must not run
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
+            return b"".join(chunks)
 
 
 def _begin(rt: Runtime, merchant_id: str, key: str, digest: str) -> IdempotencyKey | str:

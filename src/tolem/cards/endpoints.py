@@ -17,7 +17,7 @@ from tolem import fields, wire
 from tolem.cards import service
 from tolem.cards.models import SavedCard
 from tolem.cards.vault import SealedCard, VaultError
-from tolem.errors import BadRequest
+from tolem.errors import BadRequest, Unauthorized
 from tolem.oauth import service as oauth
 from tolem.oauth.tokens import AccessToken
 from tolem.payments import service as payments
@@ -54,9 +54,15 @@ def _pay(
         body = parse_saved_card(data)
     except fields.FieldError as exc:
         raise BadRequest(str(exc), code=exc.code, **invoice_of(data)) from exc
+    if not body.account_id:
+        raise BadRequest("accountId: required with a saved card", code=477, **invoice_of(data))
     with rt.db.read() as session:
         saved = service.active_card(session, token.merchant_id, body.card_id)
-    if saved is None or (body.account_id and saved.account_id != body.account_id):
+    if (
+        saved is None
+        or saved.account_id != body.account_id  # the customer's own card only
+        or (token.terminal_id and saved.terminal_id != token.terminal_id)
+    ):
         raise BadRequest("card not found", code=NO_CARDS, **invoice_of(data))
     try:
         card = rt.vault.open(SealedCard(saved.key_id, saved.sealed), bound_to=saved.id)
@@ -66,8 +72,8 @@ def _pay(
         ) from exc
     order = body.order()
     ctx = payments.PaymentContext(token=token, ip=ip)
-    # The card's terminal stands in for a cryptogram's: a token of another terminal fails.
-    return payments.pay(rt, ctx, order, card, token.terminal_id or saved.terminal_id)
+    # The card's terminal stands in for a cryptogram's.
+    return payments.pay(rt, ctx, order, card, saved.terminal_id)
 
 
 def _card_view(card: SavedCard, tx: Transaction | None) -> dict[str, Any]:
@@ -88,11 +94,20 @@ def _card_view(card: SavedCard, tx: Transaction | None) -> dict[str, Any]:
     }
 
 
+def _service_token(rt: Runtime, request: Request) -> AccessToken:
+    """Card lists and deactivation need a service token: an invoice-bound one may sit in
+    a customer's browser page."""
+    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    if not token.is_service:
+        raise Unauthorized("saved cards need a service token (issued without invoiceID)")
+    return token
+
+
 @router.get("/cards/{account_id}", summary="A customer's saved cards")
 async def list_cards(
     account_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
-    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    token = _service_token(rt, request)
 
     def read() -> list[dict[str, Any]]:
         if wire.text_problem(account_id) or len(account_id) > 100:
@@ -115,7 +130,7 @@ async def list_cards(
 async def deactivate(
     card_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
-    token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
+    token = _service_token(rt, request)
 
     def write() -> bool:
         if wire.text_problem(card_id):

@@ -180,8 +180,8 @@ def run(
     with rt.db.write() as session:
         op, tx = begin(session, token, tx_id, kind, amount, external_id)
         terminal = session.get(Terminal, tx.terminal_id)
-    assert terminal is not None
-    acquirer = rt.acquirer_for(terminal)
+        assert terminal is not None
+        acquirer = rt.acquirer_for(terminal)  # before the lock or reservation commits
     reference = op.id  # the acquirer's idempotency key for this operation
     try:
         if kind == CHARGE:
