@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import idna
+from sqlalchemy import select
 
 from tolem import __version__
 from tolem.db.base import utcnow
@@ -151,8 +152,7 @@ class DeliveryWorker:
         now = utcnow()
         with self.rt.db.read() as session:  # cheap look first: claiming takes the writer
             due = session.scalars(
-                Notification.__table__.select()
-                .with_only_columns(Notification.id)
+                select(Notification.id)
                 .where(
                     Notification.state == NotificationState.PENDING.value,
                     Notification.next_attempt_at <= now,

@@ -370,7 +370,7 @@ def result(tx_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)
 
 
 @router.get("/payform/success.html")
-def success_page(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+def success_page(request: Request) -> Response:
     q = request.query_params
     return render(
         "result.html",
