@@ -133,10 +133,11 @@ def claim(
     body: PaymentOrder,
     terminal_id: str,
     card: Card,
-    keys: tuple[bytes, CardVault],
+    *,
+    fingerprint_key: bytes,
+    vault: CardVault,
 ) -> tuple[Transaction, Terminal]:
     """Insert the payment as NEW, taking its invoice; hold its card if it is to be saved."""
-    fingerprint_key, vault = keys
     terminal = merchants.terminal_of(session, ctx.token.merchant_id, terminal_id)
     if terminal is None:
         raise _reject("terminal not found for this client", body, code=464)
@@ -342,7 +343,13 @@ def pay(
     terminal_id = check_binding(ctx.token, order, card_terminal)
     with rt.db.write() as session:
         tx, terminal = claim(
-            session, ctx, order, terminal_id, card, (rt.keys.fingerprint_key, rt.vault)
+            session,
+            ctx,
+            order,
+            terminal_id,
+            card,
+            fingerprint_key=rt.keys.fingerprint_key,
+            vault=rt.vault,
         )
     result = authorize(rt.acquirer_for(terminal), tx, terminal, card)
     if result is None:
