@@ -14,7 +14,7 @@ for any tolem gateway.
 
 from __future__ import annotations
 
-from tolem.client._clients import AsyncEpayClient, EpayClient
+from tolem.client._clients import AsyncEpayClient, ClientOptions, EpayClient
 from tolem.client._environment import PRODUCTION, TEST, Environment
 from tolem.client._errors import (
     ApiError,
@@ -66,7 +66,7 @@ from tolem.client._models import (
     Transaction,
 )
 
-__all__ = [
+__all__ = [  # pinned by tests/test_client.py
     "PRODUCTION",
     "TEST",
     "ApiError",
@@ -74,6 +74,7 @@ __all__ = [
     "AuthenticationError",
     "Card",
     "CardRestricted",
+    "ClientOptions",
     "ConfirmResult",
     "Environment",
     "EpayClient",
@@ -116,3 +117,10 @@ __all__ = [
     "secure3d_form",
     "verify_postlink_signature",
 ]
+
+# Tracebacks and reprs name the public module, not the private one a class lives in.
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type) and _obj.__module__.startswith("tolem.client."):
+        _obj.__module__ = __name__
+del _name, _obj

@@ -6,7 +6,7 @@ import time
 from collections.abc import Mapping
 from decimal import Decimal
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypedDict, TypeVar, Unpack
 
 import anyio
 import httpx
@@ -25,10 +25,29 @@ from tolem.client._models import (
     Transaction,
 )
 
-__all__ = ["AsyncEpayClient", "EpayClient"]
+__all__ = ["AsyncEpayClient", "ClientOptions", "EpayClient"]
 
 T = TypeVar("T")
 Amount = Decimal | int | str
+
+
+class ClientOptions(TypedDict, total=False):
+    """Options of both clients.
+
+    timeout: seconds for each HTTP request (default 30).
+    retries, backoff: how often and how patiently to retry what is safe to retry
+        (default 2 retries, 0.25 s doubling); see RetryPolicy.
+    public_key: the gateway's PEM public key, so /public.rsa is never fetched.
+    public_key_pin: ``sha256/…`` (key_fingerprint) the fetched key must have.
+    idempotency_keys: send Idempotency-Key on POSTs (default: for tolem only).
+    """
+
+    timeout: float
+    retries: int
+    backoff: float
+    public_key: str | bytes | None
+    public_key_pin: str | None
+    idempotency_keys: bool | None
 
 
 class _Base:
@@ -41,12 +60,7 @@ class _Base:
         client_id: str,
         client_secret: str,
         terminal_id: str,
-        timeout: float = 30.0,
-        retries: int = 2,
-        backoff: float = 0.25,
-        public_key: str | bytes | None = None,
-        public_key_pin: str | None = None,
-        idempotency_keys: bool | None = None,
+        **options: Unpack[ClientOptions],
     ) -> None:
         if isinstance(environment, str):
             environment = Environment.tolem(environment)
@@ -55,12 +69,14 @@ class _Base:
             client_id=client_id,
             client_secret=client_secret,
             terminal_id=terminal_id,
-            public_key=public_key,
-            public_key_pin=public_key_pin,
-            idempotency_keys=idempotency_keys,
+            public_key=options.get("public_key"),
+            public_key_pin=options.get("public_key_pin"),
+            idempotency_keys=options.get("idempotency_keys"),
         )
-        self._retry = RetryPolicy(retries=retries, backoff=backoff)
-        self._timeout = timeout
+        self._retry = RetryPolicy(
+            retries=options.get("retries", 2), backoff=options.get("backoff", 0.25)
+        )
+        self._timeout = options.get("timeout", 30.0)
 
     @property
     def environment(self) -> Environment:
@@ -91,7 +107,7 @@ class EpayClient(_Base):
         client_secret: str,
         terminal_id: str,
         http_client: httpx.Client | None = None,
-        **options: Any,
+        **options: Unpack[ClientOptions],
     ) -> None:
         super().__init__(
             environment,
@@ -219,7 +235,7 @@ class AsyncEpayClient(_Base):
         client_secret: str,
         terminal_id: str,
         http_client: httpx.AsyncClient | None = None,
-        **options: Any,
+        **options: Unpack[ClientOptions],
     ) -> None:
         super().__init__(
             environment,

@@ -275,8 +275,8 @@ class PaymentRequest(_Request):
     invoice_id: str = Field(alias="invoiceId", min_length=1, max_length=15)
     amount: Decimal = Field(ge=0, decimal_places=2)
     currency: str = "KZT"
-    description: str = ""
-    name: str = ""
+    description: str = Field(min_length=1, max_length=1000)
+    name: str = Field(default="", description="cardholder name; cryptopay requires it")
     account_id: str = Field(default="", alias="accountId")
     email: str = ""
     phone: str = ""
