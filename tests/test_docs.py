@@ -1,10 +1,13 @@
-"""Keep the README true to the code: settings, test cards and the two commands."""
+"""Keep the README true to the code: settings, test cards, the two commands, the SDK."""
 
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+from tests.support import Gateway
 from tolem.config import Settings
 from tolem.processor.cards import PUBLISHED
 
@@ -36,3 +39,24 @@ def test_the_two_commands_are_in_a_code_block() -> None:
     lines = {line.strip() for block in _FENCE.findall(_readme()) for line in block.splitlines()}
     assert "./dev serve" in lines
     assert "./dev test" in lines
+
+
+def _sdk_walkthrough() -> tuple[str, str]:
+    """The README's SDK walkthrough: its Python block and the output block after it."""
+    text = _readme().split("<!-- sdk-walkthrough -->", 1)[1]
+    code, output = _FENCE.findall(text)[:2]
+    return code, output
+
+
+def test_the_sdk_walkthrough_runs_and_prints_what_the_readme_shows(
+    gateway: Gateway, tmp_path: Path
+) -> None:
+    code, output = _sdk_walkthrough()
+    assert "http://127.0.0.1:8000" in code
+    script = tmp_path / "walkthrough.py"
+    script.write_text(code.replace("http://127.0.0.1:8000", gateway.base_url), encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == output
