@@ -54,6 +54,7 @@ from tolem.client._helpers import (
 )
 from tolem.client._models import (
     Card,
+    CardDataError,
     ConfirmResult,
     OperationResult,
     Payment,
@@ -73,6 +74,7 @@ __all__ = [  # pinned by tests/test_client.py
     "AsyncEpayClient",
     "AuthenticationError",
     "Card",
+    "CardDataError",
     "CardRestricted",
     "ClientOptions",
     "ConfirmResult",

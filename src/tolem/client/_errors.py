@@ -242,7 +242,7 @@ def error_for(status_code: int, body: Mapping[str, Any] | None) -> EpayError:
         or body.get("resultMessage")
         or english(code)
         or f"HTTP {status_code}"
-    )
+    ).strip()  # the live service writes " Not permitted to merchant"
     kwargs: dict[str, Any] = {"status_code": status_code, "code": code, "body": body}
     cls: type[EpayError]
     if status_code == 401 or body.get("error") == "invalid_client":

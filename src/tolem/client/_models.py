@@ -9,6 +9,8 @@ Requests serialise to the exact names ePay documents.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -16,6 +18,7 @@ from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
 
 __all__ = [
     "Card",
+    "CardDataError",
     "ConfirmResult",
     "OperationResult",
     "Payment",
@@ -297,21 +300,43 @@ class PaymentRequest(_Request):
         return {k: v for k, v in fields.items() if k in always or v not in ("", None)}
 
 
-class Card(_Request):
-    """Card data for a cryptogram. Its repr shows only the mask, never the number or CVC."""
+class CardDataError(ValueError):
+    """Card data that cannot make a cryptogram; ``field`` is pan, exp or cvc. The
+    message names the rule, never the value (it may be a card number or a CVC)."""
 
-    # A validation error must not quote the number or the CVC it refused.
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
-    )
-    pan: str = Field(pattern=r"^[0-9]{12,19}$")
-    exp: str = Field(pattern=r"^[0-9]{4}$", description="MMYY, as expDate wants it")
-    cvc: str = Field(pattern=r"^[0-9]{3,4}$")
+    def __init__(self, field: str, rule: str) -> None:
+        super().__init__(f"{field}: {rule}")
+        self.field = field
+
+
+_PAN = re.compile(r"[0-9]{12,19}")
+_EXP = re.compile(r"(0[1-9]|1[0-2])[0-9]{2}")
+_CVC = re.compile(r"[0-9]{3,4}")
+
+
+@dataclass(frozen=True, repr=False)
+class Card:
+    """Card data for a cryptogram, kept in memory only. Its repr shows only the mask;
+    a refusal (:class:`CardDataError`) never quotes the number or the CVC."""
+
+    pan: str
+    exp: str  # MMYY, as the cryptogram's expDate wants it
+    cvc: str
+
+    def __post_init__(self) -> None:
+        for name, pattern, rule in (
+            ("pan", _PAN, "12 to 19 digits"),
+            ("exp", _EXP, "MMYY, a month 01-12"),
+            ("cvc", _CVC, "3 or 4 digits"),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not pattern.fullmatch(value):
+                raise CardDataError(name, rule)
 
     @classmethod
     def parse(cls, pan: str, exp: str, cvc: str) -> Card:
         """Take ``01/25``, ``0125`` or ``01/2025`` for the expiry and spaces in the PAN."""
-        digits = "".join(exp.split("/"))
+        digits = "".join(exp.strip().split("/"))
         if "/" in exp and len(digits) == 6:  # MM/YYYY
             digits = digits[:2] + digits[4:]
         return cls(pan="".join(pan.split()), exp=digits, cvc=cvc.strip())
