@@ -6,7 +6,8 @@ for any tolem gateway.
     with EpayClient(Environment.tolem("http://127.0.0.1:8000"), client_id="test",
                     client_secret="yF587AV9Ms94qN2QShFzVR3vFnWkhjbAK3sG",
                     terminal_id="67e34d63-102f-4bd1-898e-370781d0074d") as epay:
-        order = PaymentRequest(invoice_id="000000001", amount=100, description="test")
+        order = PaymentRequest(invoice_id="000000001", amount=100, description="test",
+                               name="JON JONSON")
         payment = epay.pay(order, Card.parse("4405639704015096", "01/25", "815"))
 
 :class:`AsyncEpayClient` has the same methods, awaited. See docs/sdk.md.

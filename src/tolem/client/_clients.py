@@ -12,7 +12,7 @@ import anyio
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tolem.client._core import Call, Core, Op, RetryPolicy, connection_error
+from tolem.client._core import Call, Core, Op, RetryPolicy, connection_error, still_running
 from tolem.client._environment import Environment
 from tolem.client._models import (
     Card,
@@ -34,7 +34,8 @@ Amount = Decimal | int | str
 class ClientOptions(TypedDict, total=False):
     """Options of both clients.
 
-    timeout: seconds for each HTTP request (default 30).
+    timeout: seconds for each HTTP request (default 30); with your own ``http_client``,
+        its time-outs apply instead.
     retries, backoff: how often and how patiently to retry what is safe to retry
         (default 2 retries, 0.25 s doubling); see RetryPolicy.
     public_key: the gateway's PEM public key, so /public.rsa is never fetched.
@@ -146,6 +147,9 @@ class EpayClient(_Base):
             else:
                 delay = self._retry.after_response(call, response, attempt)
                 if delay is None:
+                    unknown = still_running(call, response)
+                    if unknown is not None:
+                        raise unknown
                     return response
             time.sleep(delay)
             attempt += 1
@@ -274,6 +278,9 @@ class AsyncEpayClient(_Base):
             else:
                 delay = self._retry.after_response(call, response, attempt)
                 if delay is None:
+                    unknown = still_running(call, response)
+                    if unknown is not None:
+                        raise unknown
                     return response
             await anyio.sleep(delay)
             attempt += 1

@@ -124,6 +124,21 @@ class RetryPolicy:
         return float(self.backoff * 2**attempt)
 
 
+def still_running(call: Call, response: httpx.Response) -> EpayError | None:
+    """The last answer to a keyed POST was tolem's 409 "still running": its outcome is
+    unknown, as after a lost answer, so it is reported the same way."""
+    if response.status_code == 409 and "Idempotency-Key" in call.headers:
+        from tolem.client._errors import EpayConnectionError
+
+        return EpayConnectionError(
+            "the first attempt of this request is still running at the gateway; its outcome "
+            "is not known yet (ask status() later)",
+            status_code=409,
+            body=decode(response) or {},
+        )
+    return None
+
+
 def connection_error(error: httpx.TransportError) -> EpayError:
     from tolem.client._errors import EpayConnectionError
 
