@@ -1152,3 +1152,20 @@ def test_postlinks_parse_and_verify(epay: EpayClient, gateway: Gateway) -> None:
     refused = parse_postlink(body)
     assert not refused.approved and refused.reason_code == 484
     assert refused.invoice_id == declined.invoice_id
+
+
+def test_answers_dump_back_under_epays_names() -> None:
+    body = {
+        "id": "t1",
+        "invoiceID": "000001",
+        "accountID": "a1",
+        "cardID": "c1",
+        "cardMask": "440563...5096",
+        "secure3D": {"paReq": "p", "md": "m", "action": "https://acs"},
+    }
+    dumped = Payment.model_validate(body).model_dump(by_alias=True, mode="json")
+    assert {k: dumped[k] for k in body} == body
+    assert "invoice_id" not in dumped and "pa_req" not in dumped["secure3D"]
+    card = SavedCard.model_validate({"ID": "c1", "CardMask": "m", "PaymentAvailable": True})
+    assert card.model_dump(by_alias=True)["PaymentAvailable"] is True
+    assert card.model_dump(by_alias=True)["ID"] == "c1"

@@ -61,10 +61,13 @@ Flag = Annotated[bool, BeforeValidator(_flag)]
 
 
 def _alias(*names: str) -> Any:
-    return Field(default="", validation_alias=AliasChoices(*names))
+    """A field read under any of ``names`` and written under the first."""
+    return Field(default="", validation_alias=AliasChoices(*names), serialization_alias=names[0])
 
 
 class _Answer(BaseModel):
+    """An answer: ``model_dump(by_alias=True)`` gives ePay's field names back."""
+
     model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 
 
@@ -91,8 +94,10 @@ class Token(_Answer):
 class Secure3D(_Answer):
     """The issuer's challenge: post ``PaReq``, ``MD`` and your TermUrl to ``action``."""
 
-    pa_req: str = Field(validation_alias=AliasChoices("paReq", "PaReq", "pareq"))
-    md: str = Field(validation_alias=AliasChoices("md", "MD"))
+    pa_req: str = Field(
+        validation_alias=AliasChoices("paReq", "PaReq", "pareq"), serialization_alias="paReq"
+    )
+    md: str = Field(validation_alias=AliasChoices("md", "MD"), serialization_alias="md")
     action: str
 
 
@@ -117,7 +122,9 @@ class Payment(_Answer):
     reference: Text = ""
     int_reference: Text = Field(default="", alias="intReference")
     secure3d: Secure3D | None = Field(
-        default=None, validation_alias=AliasChoices("secure3D", "secure3d")
+        default=None,
+        validation_alias=AliasChoices("secure3D", "secure3d"),
+        serialization_alias="secure3D",
     )
     card_id: Text = _alias("cardID", "cardId")
     language: Text = ""
@@ -145,6 +152,9 @@ class ConfirmResult(_Answer):
     reference: Text = ""
     approval_code: Text = Field(default="", alias="approvalCode")
     card_mask: Text = Field(default="", alias="cardMask")
+    card_id: Text = _alias("cardID", "cardId")
+    amount: Money = Decimal(0)
+    currency: Text = ""
     secure: Flag = False
     redirect_url: Text = Field(default="", alias="redirectUrl")
 
@@ -224,7 +234,9 @@ class SavedCard(_Answer):
     terminal: Text = _alias("Terminal", "terminal")
     created_date: Text = _alias("CreatedDate", "createdDate")
     payment_available: Flag = Field(
-        default=False, validation_alias=AliasChoices("PaymentAvailable", "paymentAvailable")
+        default=False,
+        validation_alias=AliasChoices("PaymentAvailable", "paymentAvailable"),
+        serialization_alias="PaymentAvailable",
     )
     account_id: Text = _alias("AccountID", "accountId")
 

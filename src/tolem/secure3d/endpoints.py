@@ -84,6 +84,9 @@ async def confirm(request: Request, rt: Annotated[Runtime, Depends(runtime)]) ->
             "reference": tx.reference,
             "approvalCode": tx.approval_code,
             "cardMask": tx.card_mask,
+            "cardID": tx.card_id,
+            "amount": tx.amount,
+            "currency": tx.currency,
             "secure": tx.secure,
             "redirectUrl": url,
         }
