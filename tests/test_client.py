@@ -444,7 +444,7 @@ def test_payment_request_body_uses_epays_names() -> None:
         account_id="customer-1",
         email="jj@example.com",
         phone="77777777777",
-        invoice_id_alt="alt-1",
+        invoice_id_alt="100001",
         post_link="https://shop.example/ok",
         failure_post_link="https://shop.example/fail",
         back_link="https://shop.example/back",
@@ -464,7 +464,7 @@ def test_payment_request_body_uses_epays_names() -> None:
         "accountId": "customer-1",
         "email": "jj@example.com",
         "phone": "77777777777",
-        "invoiceIdAlt": "alt-1",
+        "invoiceIdAlt": "100001",
         "postLink": "https://shop.example/ok",
         "failurePostLink": "https://shop.example/fail",
         "backLink": "https://shop.example/back",
@@ -492,7 +492,11 @@ def test_payment_request_body_uses_epays_names() -> None:
     "fields",
     [
         {"invoice_id": ""},
+        {"invoice_id": "12345"},  # ePay: 6 to 15 digits
         {"invoice_id": "1234567890123456"},  # 16 characters
+        {"invoice_id": "12345a"},
+        {"amount": 1.5},  # a float: never
+        {"invoice_id_alt": "alt-1"},
         {"amount": "1.001"},
         {"amount": -1},
         {"description": ""},  # ePay requires a description
@@ -500,8 +504,8 @@ def test_payment_request_body_uses_epays_names() -> None:
     ],
 )
 def test_payment_request_refuses_what_epay_would(fields: dict[str, Any]) -> None:
-    valid = {"invoice_id": "1", "amount": 1, "description": "d"}
-    assert PaymentRequest(**valid).invoice_id == "1"
+    valid = {"invoice_id": "123456", "amount": 1, "description": "d"}
+    assert PaymentRequest(**valid).invoice_id == "123456"
     with pytest.raises(ValidationError) as raised:
         PaymentRequest(**(valid | fields))
     [error] = raised.value.errors()
@@ -588,8 +592,15 @@ def test_the_3ds_form_escapes_every_value() -> None:
     action, fields = form_post(page)
     assert action == secure3d.action
     assert fields == {"PaReq": secure3d.pa_req, "MD": secure3d.md, "TermUrl": term_url}
-    for raw in (secure3d.pa_req, secure3d.md, secure3d.action, term_url, "<script>", "<b>"):
+    for raw in (secure3d.pa_req, secure3d.md, secure3d.action, term_url, "alert(1)</script>"):
         assert raw not in page, raw
+    assert page.count("<script") == 1  # only the form's own submit script
+    assert "<b>" not in page
+    with_nonce = secure3d_form(secure3d, term_url, nonce='n"1')
+    assert '<script nonce="n&quot;1">document.forms[0].submit();</script>' in with_nonce
+    for scheme in ("javascript:alert(1)", "data:text/html,x", "ftp://acs"):
+        with pytest.raises(ValueError, match="http"):
+            secure3d_form(Secure3D(pa_req="p", md="m", action=scheme), term_url)
     assert html.escape(term_url) in page and html.escape(secure3d.pa_req) in page
     assert '<html lang="ru">' in page and "Продолжить" in page
     english = secure3d_form(secure3d, term_url, language="eng")

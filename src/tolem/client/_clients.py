@@ -12,8 +12,17 @@ import anyio
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tolem.client._core import Call, Core, Op, RetryPolicy, connection_error, still_running
+from tolem.client._core import (
+    Call,
+    Core,
+    Op,
+    RetryPolicy,
+    connection_error,
+    judge,
+    still_running,
+)
 from tolem.client._environment import Environment
+from tolem.client._errors import EpayError
 from tolem.client._models import (
     Card,
     ConfirmResult,
@@ -143,7 +152,7 @@ class EpayClient(_Base):
             except httpx.TransportError as error:
                 delay = self._retry.after_error(call, error, attempt)
                 if delay is None:
-                    raise connection_error(error) from error
+                    raise connection_error(call, error) from error
             else:
                 delay = self._retry.after_response(call, response, attempt)
                 if delay is None:
@@ -155,6 +164,7 @@ class EpayClient(_Base):
             attempt += 1
 
     def _run(self, op: Op[T]) -> T:
+        call: Call | None = None
         try:
             call = next(op)
             while True:
@@ -162,6 +172,9 @@ class EpayClient(_Base):
         except StopIteration as done:
             result: T = done.value
             return result
+        except EpayError as error:
+            judge(error, call)
+            raise
         finally:
             op.close()
 
@@ -190,10 +203,11 @@ class EpayClient(_Base):
         return self._run(self._core.pay(order, card))
 
     def confirm(
-        self, transaction_id: str, pa_res: str, md: str, *, token: Token | None = None
+        self, payment: Payment | str, pa_res: str, md: str, *, token: Token | None = None
     ) -> ConfirmResult:
-        """Finish a 3-D Secure payment with the ACS's ``PaRes`` and ``MD``."""
-        return self._run(self._core.confirm(transaction_id, pa_res, md, token))
+        """Finish a 3-D Secure payment with the ACS's ``PaRes`` and ``MD``; ``payment``
+        is the Payment pay() returned (its order token is used) or a transaction id."""
+        return self._run(self._core.confirm(payment, pa_res, md, token))
 
     def pay_with_card(self, order: PaymentRequest, card_id: str) -> Payment:
         return self._run(self._core.pay_with_card(order, card_id))
@@ -274,7 +288,7 @@ class AsyncEpayClient(_Base):
             except httpx.TransportError as error:
                 delay = self._retry.after_error(call, error, attempt)
                 if delay is None:
-                    raise connection_error(error) from error
+                    raise connection_error(call, error) from error
             else:
                 delay = self._retry.after_response(call, response, attempt)
                 if delay is None:
@@ -286,6 +300,7 @@ class AsyncEpayClient(_Base):
             attempt += 1
 
     async def _run(self, op: Op[T]) -> T:
+        call: Call | None = None
         try:
             call = next(op)
             while True:
@@ -293,6 +308,9 @@ class AsyncEpayClient(_Base):
         except StopIteration as done:
             result: T = done.value
             return result
+        except EpayError as error:
+            judge(error, call)
+            raise
         finally:
             op.close()
 
@@ -315,9 +333,9 @@ class AsyncEpayClient(_Base):
         return await self._run(self._core.pay(order, card))
 
     async def confirm(
-        self, transaction_id: str, pa_res: str, md: str, *, token: Token | None = None
+        self, payment: Payment | str, pa_res: str, md: str, *, token: Token | None = None
     ) -> ConfirmResult:
-        return await self._run(self._core.confirm(transaction_id, pa_res, md, token))
+        return await self._run(self._core.confirm(payment, pa_res, md, token))
 
     async def pay_with_card(self, order: PaymentRequest, card_id: str) -> Payment:
         return await self._run(self._core.pay_with_card(order, card_id))

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,9 +24,11 @@ from pydantic import BaseModel, ValidationError
 from tolem.client._environment import Environment
 from tolem.client._errors import (
     ApiError,
+    EpayConnectionError,
     EpayError,
     NotFound,
     ProtocolError,
+    ServerError,
     decline_class,
     error_for,
 )
@@ -42,6 +44,7 @@ from tolem.client._models import (
     Token,
     Transaction,
 )
+from tolem.client._reasons import english
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -58,13 +61,19 @@ STATUS_NOT_FOUND = "102"
 _SENT_NOTHING = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 _MAYBE_SENT = (httpx.ReadTimeout, httpx.WriteTimeout, httpx.ReadError, httpx.WriteError,
                httpx.RemoteProtocolError)  # fmt: skip
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_SERVER_BUSY = frozenset({500, 502, 503, 504})
+_TOO_MANY = 429
+_STILL_RUNNING = 409
 
 
 @dataclass(frozen=True)
 class Call:
-    """One HTTP request. ``retry_safe``: it may run twice without harm (GETs, tokens,
-    and POSTs to tolem, which carry an Idempotency-Key)."""
+    """One HTTP request.
+
+    ``idempotent``: running it twice does no harm (GETs, the token request).
+    ``keyed``: a POST carrying an Idempotency-Key that the gateway honours (tolem), so
+    a repeat after a lost answer replays the first answer instead of running again.
+    """
 
     method: str
     url: str
@@ -72,7 +81,8 @@ class Call:
     params: Mapping[str, str] | None = None
     content: bytes | None = None
     form: Mapping[str, str] | None = None
-    retry_safe: bool = False
+    idempotent: bool = False
+    keyed: bool = False
 
     def httpx_arguments(self) -> dict[str, Any]:
         arguments: dict[str, Any] = {
@@ -94,9 +104,18 @@ Op = Generator[Call, httpx.Response, T]
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retry only what is safe: a request that never left (refused connection, connect
-    time-out) always; a 5xx, 429, a lost answer or tolem's "still running" 409 only for
-    a ``retry_safe`` call. Waits ``backoff * 2**attempt`` seconds (or Retry-After)."""
+    """Retry only what cannot take effect twice.
+
+    - A request that never left (refused connection, connect time-out): always.
+    - A lost answer (read time-out, reset): idempotent and keyed calls (a keyed repeat
+      gets the first answer replayed).
+    - 5xx: idempotent calls only. tolem does not keep a 5xx answer under its key, so a
+      keyed POST would run again, and a payment that committed before the 5xx would
+      then be refused as a duplicate: the caller gets ``outcome_unknown`` instead.
+    - 429: idempotent and keyed calls; 409 "still running": keyed calls, after at
+      least a second, as the first attempt needs time to finish.
+    Waits ``backoff * 2**attempt`` seconds, or the answer's Retry-After (at most 30 s).
+    """
 
     retries: int = 2
     backoff: float = 0.25
@@ -104,16 +123,20 @@ class RetryPolicy:
     def after_error(self, call: Call, error: httpx.TransportError, attempt: int) -> float | None:
         if attempt >= self.retries:
             return None
-        if isinstance(error, _SENT_NOTHING) or (call.retry_safe and isinstance(error, _MAYBE_SENT)):
+        repeatable = call.idempotent or call.keyed
+        if isinstance(error, _SENT_NOTHING) or (repeatable and isinstance(error, _MAYBE_SENT)):
             return self._wait(attempt)
         return None
 
     def after_response(self, call: Call, response: httpx.Response, attempt: int) -> float | None:
-        if attempt >= self.retries or not call.retry_safe:
+        if attempt >= self.retries:
             return None
         status = response.status_code
-        keyed = "Idempotency-Key" in call.headers
-        if status in _RETRY_STATUSES or (status == 409 and keyed):
+        if status == _STILL_RUNNING and call.keyed:
+            return max(self._wait(attempt), 1.0)
+        if (status in _SERVER_BUSY and call.idempotent) or (
+            status == _TOO_MANY and (call.idempotent or call.keyed)
+        ):
             after = response.headers.get("retry-after", "")
             if after.isdigit():
                 return min(float(after), 30.0)
@@ -127,22 +150,30 @@ class RetryPolicy:
 def still_running(call: Call, response: httpx.Response) -> EpayError | None:
     """The last answer to a keyed POST was tolem's 409 "still running": its outcome is
     unknown, as after a lost answer, so it is reported the same way."""
-    if response.status_code == 409 and "Idempotency-Key" in call.headers:
-        from tolem.client._errors import EpayConnectionError
-
+    if response.status_code == _STILL_RUNNING and call.keyed:
         return EpayConnectionError(
             "the first attempt of this request is still running at the gateway; its outcome "
             "is not known yet (ask status() later)",
-            status_code=409,
+            status_code=_STILL_RUNNING,
             body=decode(response) or {},
+            outcome_unknown=True,
         )
     return None
 
 
-def connection_error(error: httpx.TransportError) -> EpayError:
-    from tolem.client._errors import EpayConnectionError
+def connection_error(call: Call, error: httpx.TransportError) -> EpayError:
+    maybe_sent = not isinstance(error, _SENT_NOTHING)
+    return EpayConnectionError(
+        f"{type(error).__name__}: {error or 'no answer'}",
+        outcome_unknown=maybe_sent and not call.idempotent,
+    )
 
-    return EpayConnectionError(f"{type(error).__name__}: {error or 'no answer'}")
+
+def judge(error: EpayError, call: Call | None) -> None:
+    """Mark an error raised while reading the answer to a money-moving call whose
+    outcome it does not tell: a 5xx, or an answer that is not ePay's."""
+    if call is not None and not call.idempotent and isinstance(error, ServerError | ProtocolError):
+        error.outcome_unknown = True
 
 
 def _json_default(value: object) -> object:
@@ -168,8 +199,12 @@ def decode(response: httpx.Response) -> Any:
 
 
 def check(response: httpx.Response) -> Any:
-    """The decoded answer of a 2xx; an :class:`EpayError` for anything else."""
+    """The decoded answer of a 2xx (None if empty); an :class:`EpayError` for anything
+    else, :class:`ProtocolError` for a 2xx that is not JSON."""
     body = decode(response)
+    if response.status_code < 300 and body is None and response.content.strip():
+        kind = response.headers.get("content-type", "no content type")
+        raise ProtocolError(f"HTTP {response.status_code} answer is not JSON ({kind})")
     if response.status_code >= 300:
         if not isinstance(body, dict):
             text = response.text.strip()[:200]
@@ -235,7 +270,11 @@ class Core:
         *,
         params: Mapping[str, str] | None = None,
     ) -> Call:
-        headers = {"Authorization": f"Bearer {token.access_token}", "User-Agent": USER_AGENT}
+        headers = {
+            "Authorization": f"Bearer {token.access_token}",
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",  # confirm answers a page to browsers
+        }
         content = None
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -248,14 +287,15 @@ class Core:
             headers,
             params=params,
             content=content,
-            retry_safe=self.idempotency_keys,
+            # Only tolem honours the key: elsewhere a repeat would run the request again.
+            keyed=self.idempotency_keys and self.environment.is_tolem,
         )
 
     def _get(self, path: str, token: Token | None = None) -> Call:
         headers = {"User-Agent": USER_AGENT}
         if token is not None:
             headers["Authorization"] = f"Bearer {token.access_token}"
-        return Call("GET", self.environment.api(path), headers, retry_safe=True)
+        return Call("GET", self.environment.api(path), headers, idempotent=True)
 
     # --- tokens and the key ---------------------------------------------------------
 
@@ -287,7 +327,7 @@ class Core:
             self.environment.token_url(),
             {"User-Agent": USER_AGENT},
             form=form,
-            retry_safe=True,  # another token is harmless
+            idempotent=True,  # another token is harmless
         )
         return model(Token, check(response))
 
@@ -334,7 +374,7 @@ class Core:
         response = yield self._post(
             "payment/cryptopay", token, {**order.body(), "cryptogram": cryptogram}
         )
-        return model(Payment, check(response))
+        return _payment(response, token)
 
     def pay(self, order: PaymentRequest, card: Card) -> Op[Payment]:
         """Token for the order, cryptogram, cryptopay: the whole host-to-host payment."""
@@ -343,8 +383,16 @@ class Core:
         return (yield from self.cryptopay(order, cryptogram, token))
 
     def confirm(
-        self, transaction_id: str, pa_res: str, md: str, token: Token | None = None
+        self, payment: Payment | str, pa_res: str, md: str, token: Token | None = None
     ) -> Op[ConfirmResult]:
+        """Finish a 3-D Secure payment. With a :class:`Payment` from this client, the
+        order's own token is used ("for each operation use the original token");
+        with a transaction id, ``token`` or else the service token."""
+        if isinstance(payment, Payment):
+            token = token or payment.order_token
+            transaction_id = payment.id
+        else:
+            transaction_id = payment
         body = {"ID": transaction_id, "PaRes": pa_res, "MD": md}
         if token is None:
             response = yield from self._with_service_token(
@@ -352,11 +400,11 @@ class Core:
             )
         else:
             response = yield self._post("payment/confirm", token, body)
+        if response.is_redirect:  # what ePay's confirm answers a browser
+            return _confirm_redirect(response)
         result = model(ConfirmResult, check(response))
         if result.code != 0:  # the payment was refused after 3-D Secure: HTTP 200 still
-            cls = decline_class(result.code)
-            raise cls(result.message, status_code=response.status_code, code=result.code,
-                      body=decode(response))  # fmt: skip
+            raise _declined(result.code, result.message, response)
         return result
 
     def pay_with_card(self, order: PaymentRequest, card_id: str) -> Op[Payment]:
@@ -369,7 +417,7 @@ class Core:
             "cardId": {"id": card_id},
         }
         response = yield self._post("payments/cards/auth", token, body)
-        return model(Payment, check(response))
+        return _payment(response, token)
 
     def payform_url(
         self, order: PaymentRequest, *, widget: bool = False, extra: Mapping[str, Any] | None = None
@@ -394,7 +442,10 @@ class Core:
         body = decode(response)
         if not isinstance(body, dict) or "resultCode" not in body:
             check(response)
-            raise ProtocolError("check-status answered without resultCode", body=body or {})
+            raise ProtocolError(
+                "check-status answered without resultCode",
+                body=body if isinstance(body, dict) else {},
+            )
         result = model(StatusResult, body)
         if result.result_code == STATUS_FOUND and result.transaction is not None:
             return result.transaction
@@ -416,7 +467,7 @@ class Core:
         path = f"operation/{_segment(transaction_id, 'transaction_id')}/{kind}"
         params: dict[str, str] = {}
         if amount is not None:
-            params["amount"] = format(Decimal(amount).normalize(), "f")
+            params["amount"] = format(operation_amount(amount).normalize(), "f")
         if external_id:
             params["externalID"] = external_id
         response = yield from self._with_service_token(
@@ -441,3 +492,59 @@ class Core:
         path = f"card/deactivate/{_segment(card_id, 'card_id')}"
         response = yield from self._with_service_token(lambda t: self._post(path, t))
         check(response)
+
+
+_UNDECIDED = ("", "NEW")
+_REFUSED = frozenset({"FAILED", "REJECT", "3D"})
+#: "Transaction unsuccessful": for a refusal that names no reason code.
+_UNSUCCESSFUL = 475
+
+
+def _declined(code: int, message: str, response: httpx.Response) -> EpayError:
+    code = code or _UNSUCCESSFUL
+    body = decode(response)
+    return decline_class(code)(
+        message or english(code) or "declined",
+        status_code=response.status_code,
+        code=code,
+        body=body if isinstance(body, dict) else {},
+    )
+
+
+def _payment(response: httpx.Response, token: Token) -> Payment:
+    """A payment answer. A refusal is raised even when it comes with HTTP 200."""
+    payment = model(Payment, check(response))
+    if payment.code != 0 or payment.status in _REFUSED:
+        raise _declined(payment.code, str((payment.model_extra or {}).get("message", "")), response)
+    payment._order_token = token
+    return payment
+
+
+def _confirm_redirect(response: httpx.Response) -> ConfirmResult:
+    """ePay's confirm answers with a redirect: to the success page (``reference``) or to
+    the error page (``code`` / ``errorCode`` and ``message``)."""
+    location = response.headers.get("location", "")
+    query = {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+    code = query.get("code") or query.get("errorCode")
+    if code and code.isdigit() and int(code) != 0:
+        raise _declined(int(code), query.get("message", ""), response)
+    if query.get("reference"):
+        fields = {"invoiceID": "invoiceID", "cardID": "cardid", "amount": "amount",
+                  "currency": "currency", "reference": "reference"}  # fmt: skip
+        found = {name: query[key] for name, key in fields.items() if query.get(key)}
+        return model(ConfirmResult, {"code": 0, "message": "success", "redirectUrl": location,
+                                     **found})  # fmt: skip
+    raise ProtocolError(f"confirm redirected to {location!r}", outcome_unknown=True)
+
+
+def operation_amount(value: Decimal | int | str) -> Decimal:
+    """An operation's amount: positive, finite, at most two decimals; never a float."""
+    if isinstance(value, float | bool):
+        raise ValueError("amount: give a Decimal, an int or a string, not a float")
+    try:
+        amount = Decimal(value)
+    except ArithmeticError:
+        raise ValueError(f"amount: {value!r} is not a number") from None
+    if not amount.is_finite() or amount <= 0 or int(amount.normalize().as_tuple().exponent) < -2:
+        raise ValueError(f"amount: {value!r} must be positive with at most two decimals")
+    return amount

@@ -61,7 +61,8 @@ class EpayError(Exception):
 
     ``status_code`` is the HTTP status (None without an answer), ``code`` the ePay code
     (a reason code, 100 for an API error, or None), ``message`` the gateway's own text
-    (English), ``message_ru`` the same in Russian, and ``body`` the decoded answer.
+    (English), ``message_ru`` the same in Russian, ``body`` the decoded answer, and
+    ``outcome_unknown`` whether the request may have taken effect all the same.
     """
 
     #: Russian text when the code has none of its own.
@@ -75,6 +76,7 @@ class EpayError(Exception):
         code: int | None = None,
         message_ru: str | None = None,
         body: Mapping[str, Any] | None = None,
+        outcome_unknown: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -82,6 +84,11 @@ class EpayError(Exception):
         self.code = code
         self.message_ru = message_ru or russian(code) or self.default_ru
         self.body: dict[str, Any] = dict(body or {})
+        #: True when a request that changes money (a payment, confirm, an operation)
+        #: may have been carried out, but no usable answer came back: a lost answer, a
+        #: 5xx, an answer that is not ePay's, or a request still running. Ask
+        #: ``status()`` before trying again with other data.
+        self.outcome_unknown = outcome_unknown
 
     @property
     def transaction_id(self) -> str:

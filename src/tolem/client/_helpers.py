@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -37,6 +37,9 @@ __all__ = [
 
 # --- the public key and the cryptogram ---------------------------------------------
 
+#: ePay's keys are 4096 bits, tolem's sandbox makes 2048 to 4096.
+MIN_KEY_BITS = 2048
+
 
 def load_public_key(pem: bytes | str, *, pin: str | None = None) -> rsa.RSAPublicKey:
     """An RSA public key from PEM; with ``pin`` (see :func:`key_fingerprint`), only that one."""
@@ -47,6 +50,8 @@ def load_public_key(pem: bytes | str, *, pin: str | None = None) -> rsa.RSAPubli
         raise ProtocolError(f"public key is not PEM: {exc}") from None
     if not isinstance(key, rsa.RSAPublicKey):
         raise ProtocolError("public key is not RSA")
+    if key.key_size < MIN_KEY_BITS:  # a cryptogram under a weak key is card data in clear
+        raise ProtocolError(f"public key has {key.key_size} bits; at least {MIN_KEY_BITS} needed")
     if pin is not None and not hmac.compare_digest(key_fingerprint(key), pin):
         raise PublicKeyMismatch(
             f"the gateway's public key {key_fingerprint(key)} is not the pinned {pin}"
@@ -146,27 +151,36 @@ def _lang(language: str) -> str:
     return "rus"
 
 
-def secure3d_form(secure3d: Secure3D, term_url: str, *, language: str = "rus") -> str:
+def secure3d_form(
+    secure3d: Secure3D, term_url: str, *, language: str = "rus", nonce: str | None = None
+) -> str:
     """The page that sends the cardholder to the issuer's ACS: a form posting ``PaReq``,
-    ``MD`` and ``TermUrl`` to ``action``, submitted on load (a button without script).
+    ``MD`` and ``TermUrl`` to ``action``, submitted by a script on load (and a button
+    when script is off).
 
-    Every value is HTML-escaped. The inline script needs ``script-src 'unsafe-inline'``
-    or a nonce if your pages carry a Content-Security-Policy.
+    Every value is HTML-escaped, and ``action`` must be an http(s) address. If your
+    pages carry a Content-Security-Policy, pass its ``nonce`` (or allow
+    ``'unsafe-inline'`` scripts) and allow the ACS in ``form-action``.
     """
+    if urlsplit(secure3d.action).scheme not in ("http", "https"):
+        raise ValueError("secure3D action is not an http(s) address")
     lang = _lang(language)
     esc = html.escape
+    script_nonce = f' nonce="{esc(nonce)}"' if nonce else ""
     return (
         "<!doctype html>\n"
         f'<html lang="{_HTML_LANG[lang]}"><head>'
         '<meta charset="utf-8"><meta name="viewport" content="width=device-width">'
-        f"<title>3-D Secure</title></head>\n"
-        f'<body onload="document.forms[0].submit()"><p>{esc(_WAIT[lang])}</p>\n'
+        "<title>3-D Secure</title></head>\n"
+        f"<body><p>{esc(_WAIT[lang])}</p>\n"
         f'<form method="post" action="{esc(secure3d.action)}">\n'
         f'<input type="hidden" name="PaReq" value="{esc(secure3d.pa_req)}">\n'
         f'<input type="hidden" name="MD" value="{esc(secure3d.md)}">\n'
         f'<input type="hidden" name="TermUrl" value="{esc(term_url)}">\n'
         f'<noscript><button type="submit">{esc(_CONTINUE[lang])}</button></noscript>\n'
-        "</form></body></html>\n"
+        "</form>\n"
+        f"<script{script_nonce}>document.forms[0].submit();</script>\n"
+        "</body></html>\n"
     )
 
 

@@ -10,11 +10,10 @@ Requests serialise to the exact names ePay documents.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 __all__ = [
     "Card",
@@ -74,9 +73,9 @@ class _Answer(BaseModel):
 class Token(_Answer):
     """``POST /oauth2/token``: ``expires_in`` may be a string (live) or a number (doc)."""
 
-    access_token: str
+    access_token: str = Field(repr=False)
     expires_in: Int = 0
-    refresh_token: Text = ""
+    refresh_token: Text = Field(default="", repr=False)
     scope: Text = ""
     token_type: Text = "Bearer"  # noqa: S105 (a token type, not a secret)
 
@@ -136,9 +135,18 @@ class Payment(_Answer):
     card_type: Text = Field(default="", alias="cardType")
     issuer: Text = ""
 
+    # The token of the order, kept by the client that made the payment, so that
+    # confirm() uses it as ePay asks; not part of the answer, never dumped.
+    _order_token: Token | None = PrivateAttr(default=None)
+
     @property
     def needs_3ds(self) -> bool:
         return self.secure3d is not None
+
+    @property
+    def order_token(self) -> Token | None:
+        """The token this payment was made with (None if it came from elsewhere)."""
+        return self._order_token
 
 
 class ConfirmResult(_Answer):
@@ -265,7 +273,7 @@ class PostLink(_Answer):
     reason: Text = ""
     reason_code: Int = Field(default=0, alias="reasonCode")
     reference: Text = ""
-    secret_hash: Text = ""
+    secret_hash: Text = Field(default="", repr=False)
     secure: Text = ""
     secure_details: Text = Field(default="", alias="secureDetails")
     terminal: Text = ""
@@ -280,6 +288,22 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _epay(name: str, **kwargs: Any) -> Any:
+    """A request field read under its Python name or ePay's, written under ePay's.
+
+    Not ``alias=``: type checkers without pydantic's plugin would then want ePay's name
+    in the constructor.
+    """
+    python = "".join("_" + c.lower() if c.isupper() else c for c in name)
+    return Field(validation_alias=AliasChoices(python, name), serialization_alias=name, **kwargs)
+
+
+def _no_float(value: Any) -> Any:
+    if isinstance(value, float):
+        raise ValueError("give the amount as a Decimal, an int or a string, not a float")
+    return value
+
+
 class PaymentRequest(_Request):
     """An order: what the shop sends with the token and the payment.
 
@@ -287,21 +311,21 @@ class PaymentRequest(_Request):
     too, so they bind the payment (EPAY.md section 3).
     """
 
-    invoice_id: str = Field(alias="invoiceId", min_length=1, max_length=15)
-    amount: Decimal = Field(ge=0, decimal_places=2)
+    invoice_id: str = _epay("invoiceId", pattern=r"^[0-9]{6,15}$")
+    amount: Annotated[Decimal, BeforeValidator(_no_float)] = Field(ge=0, decimal_places=2)
     currency: str = "KZT"
     description: str = Field(min_length=1, max_length=1000)
     name: str = Field(default="", description="cardholder name; cryptopay requires it")
-    account_id: str = Field(default="", alias="accountId")
+    account_id: str = _epay("accountId", default="")
     email: str = ""
     phone: str = ""
-    invoice_id_alt: str = Field(default="", alias="invoiceIdAlt")
-    post_link: str = Field(default="", alias="postLink")
-    failure_post_link: str = Field(default="", alias="failurePostLink")
-    back_link: str = Field(default="", alias="backLink")
-    failure_back_link: str = Field(default="", alias="failureBackLink")
-    secret_hash: str = ""
-    card_save: bool = Field(default=False, alias="cardSave")
+    invoice_id_alt: str = _epay("invoiceIdAlt", default="", pattern=r"^([0-9]{6,15})?$")
+    post_link: str = _epay("postLink", default="")
+    failure_post_link: str = _epay("failurePostLink", default="")
+    back_link: str = _epay("backLink", default="")
+    failure_back_link: str = _epay("failureBackLink", default="")
+    secret_hash: str = Field(default="", repr=False)
+    card_save: bool = _epay("cardSave", default=False)
     data: str = ""
     language: str = "rus"
 
@@ -326,24 +350,35 @@ _EXP = re.compile(r"(0[1-9]|1[0-2])[0-9]{2}")
 _CVC = re.compile(r"[0-9]{3,4}")
 
 
-@dataclass(frozen=True, repr=False)
 class Card:
-    """Card data for a cryptogram, kept in memory only. Its repr shows only the mask;
-    a refusal (:class:`CardDataError`) never quotes the number or the CVC."""
+    """Card data for a cryptogram, kept in memory only.
+
+    Its repr shows only the mask; a refusal (:class:`CardDataError`) never quotes the
+    number or the CVC. It has no ``__dict__`` (``vars()``, ``dataclasses.asdict()`` and
+    error reporters that walk objects find nothing) and refuses to be pickled.
+    """
+
+    __slots__ = ("cvc", "exp", "pan")
 
     pan: str
     exp: str  # MMYY, as the cryptogram's expDate wants it
     cvc: str
 
-    def __post_init__(self) -> None:
-        for name, pattern, rule in (
-            ("pan", _PAN, "12 to 19 digits"),
-            ("exp", _EXP, "MMYY, a month 01-12"),
-            ("cvc", _CVC, "3 or 4 digits"),
+    def __init__(self, pan: str, exp: str, cvc: str) -> None:
+        for name, value, pattern, rule in (
+            ("pan", pan, _PAN, "12 to 19 digits"),
+            ("exp", exp, _EXP, "MMYY, a month 01-12"),
+            ("cvc", cvc, _CVC, "3 or 4 digits"),
         ):
-            value = getattr(self, name)
             if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise CardDataError(name, rule)
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Card is immutable")
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Card holds card data and cannot be pickled")
 
     @classmethod
     def parse(cls, pan: str, exp: str, cvc: str) -> Card:
