@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import queue
 import re
+import select
+import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -26,6 +30,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from tests.faulty_proxy import FORWARD_THEN_504, running_proxy
 from tests.secure3d_support import TERM_URL, hidden, otp
 from tests.support import (
     CLIENT_ID,
@@ -47,6 +52,7 @@ OPEN_LINE = re.compile(r"Open (http://127\.0\.0\.1:(\d+)/) in a browser to pass 
 DEADLINE = 60.0
 INSUFFICIENT_FUNDS_RU = "Недостаточно средств"
 NOT_FOUND_RU = "Не найдено"  # noqa: RUF001 (Russian)
+UUID_ZERO = "00000000-0000-4000-8000-000000000000"
 
 
 # --- running the CLI ----------------------------------------------------------------
@@ -60,12 +66,15 @@ def _environment() -> dict[str, str]:
 
 
 def card_data(args: Sequence[str], stdin: str = "") -> tuple[list[str], list[str]]:
-    """The card numbers and CVCs a run was given: after --card and --cvc, and a CVC
-    piped on standard input."""
+    """The card numbers and CVCs a run was given: after --card and --cvc, and on
+    standard input (the card number first if --card is missing, then the CVC)."""
     pans = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--card"]
     cvcs = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--cvc"]
-    if stdin.strip():
-        cvcs.append(stdin.strip())
+    lines = [line.strip() for line in stdin.splitlines() if line.strip()]
+    if "--card" not in args and lines:
+        pans.append(lines.pop(0))
+    if "--cvc" not in args and lines:
+        cvcs.append(lines.pop(0))
     return pans, cvcs
 
 
@@ -219,8 +228,12 @@ def test_the_card_data_check_catches_a_printed_number_or_cvc() -> None:
     ):
         with pytest.raises(AssertionError):
             assert_no_card_data(leak, pans, cvcs)
-    with pytest.raises(AssertionError):
-        assert_no_card_data("you typed 0123", [], card_data([], "0123\n")[1])
+    typed = card_data([], "4405 6397 0401 5096\n0123\n")
+    assert typed == (["4405 6397 0401 5096"], ["0123"])
+    for leak in ("you typed 0123", "card 4405639704015096"):
+        with pytest.raises(AssertionError):
+            assert_no_card_data(leak, *typed)
+    assert card_data(["--card", "x"], "0123\n") == (["x"], ["0123"])
 
 
 # --- pay ----------------------------------------------------------------------------
@@ -288,53 +301,68 @@ def test_a_decline_exits_1_with_the_code_in_english_and_russian(gateway: Gateway
         "message_ru": INSUFFICIENT_FUNDS_RU,
         "status_code": 400,
         "id": status_json(gateway, invoice).id,
+        "invoice_id": invoice,
+        "outcome_unknown": False,
     }
 
 
-def test_the_cvc_prompt_reads_standard_input(gateway: Gateway) -> None:
+def test_the_card_and_cvc_can_come_on_standard_input(gateway: Gateway) -> None:
+    """Neither on the command line, where ps and shell history would show them."""
     pan, exp, _ = VISA
-    base = ["pay", "--url", gateway.base_url, "--amount", "100", "--card", pan, "--exp", exp]
-    approved = cli(*base, "--json", stdin="815\n")
-    assert approved.returncode == 0, approved
-    assert approved.json()["status"] == "AUTH"
+    base = ["pay", "--url", gateway.base_url, "--amount", "100", "--exp", exp, "--json"]
+    both = cli(*base, stdin=f"{pan}\n815\n")
+    assert both.returncode == 0, both
+    assert both.json()["status"] == "AUTH" and both.json()["cardMask"] == "440563...5096"
+    dashes = cli(*base, "--cvc", "815", stdin="4405-6397-0401-5096\n")
+    assert dashes.returncode == 0, dashes
     # the CVC read is the one used: a wrong one declines (456, as the sandbox does)
-    wrong = cli(*base, "--json", stdin="123\n")
+    cvc_only = [*base, "--card", pan]
+    assert cli(*cvc_only, stdin="815\n").json()["status"] == "AUTH"
+    wrong = cli(*cvc_only, stdin="123\n")
     assert wrong.returncode == 1, wrong
     assert wrong.json()["code"] == 456
-    nothing = cli(*base, stdin="")
-    assert nothing.returncode == 2, nothing
-    assert "no CVC given" in nothing.stderr
+    for stdin, says in ((f"{pan}\n", "no CVC given"), ("", "no card number given")):
+        nothing = cli(*base, stdin=stdin)
+        assert nothing.returncode == 2, nothing
+        assert nothing.stdout == "" and says in nothing.stderr
 
 
-def test_the_cvc_prompt_on_a_terminal_hides_what_is_typed(gateway: Gateway) -> None:
-    import pty
-    import select
-    import termios
+def _read_until(fd: int, text: bytes, deadline: float) -> bytes:
+    """What the terminal shows, up to and including ``text``."""
+    seen = b""
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([fd], [], [], left)[0], f"no {text!r}: {seen!r}"
+        seen += os.read(fd, 4096)
+    return seen
 
+
+def test_the_card_and_cvc_prompts_on_a_terminal_hide_what_is_typed(gateway: Gateway) -> None:
     pan, exp, cvc = VISA
     master, terminal = pty.openpty()
     try:
-        # A session of its own: no controlling terminal, so the prompt uses the pty.
+        # A session of its own: no controlling terminal, so the prompts use the pty.
         process = subprocess.Popen(
             [sys.executable, "-m", "tolem", "pay", "--url", gateway.base_url, "--amount", "100",
-             "--card", pan, "--exp", exp, "--json"],
+             "--exp", exp, "--json"],
             stdin=terminal, stdout=subprocess.PIPE, stderr=terminal, start_new_session=True,
             env=_environment(),
         )  # fmt: skip
         deadline = time.monotonic() + DEADLINE
-        while termios.tcgetattr(terminal)[3] & termios.ECHO:  # the prompt turns echo off
-            assert process.poll() is None and time.monotonic() < deadline, "no prompt"
-            time.sleep(0.01)
+        # Each prompt is written once echo is off: typing after it is never shown.
+        screen = _read_until(master, b"Card number: ", deadline)
+        assert not termios.tcgetattr(terminal)[3] & termios.ECHO
+        os.write(master, f"{pan}\n".encode())
+        screen += _read_until(master, b"CVC: ", deadline)
         os.write(master, f"{cvc}\n".encode())
         stdout, _ = process.communicate(timeout=DEADLINE)
-        screen = b""
         while select.select([master], [], [], 0)[0]:
             screen += os.read(master, 4096)
     finally:
         os.close(master)
         os.close(terminal)
     assert process.returncode == 0, screen
-    assert screen.decode().startswith("CVC:")
+    assert screen.decode().startswith("Card number: ")
     assert_no_card_data(screen.decode() + stdout.decode(), [pan], [cvc])
     assert json.loads(stdout)["status"] == "AUTH"
 
@@ -355,8 +383,8 @@ _PAN, _EXP, _CVC = VISA
         (["--amount", "0"], "greater than 0"),
         (["--card", "4405 6397 0401 509x"], "12 to 19 digits"),
         (["--card", "44056397"], "12 to 19 digits"),
-        (["--exp", "13/25"], "MM/YY"),
-        (["--exp", "01-25"], "MM/YY"),
+        (["--exp", "13/25"], "a month 01-12"),
+        (["--exp", "01-25"], "a month 01-12"),
         (["--cvc", "81"], "3 or 4 digits"),
         (["--cvc", "8155x"], "3 or 4 digits"),
         (["--invoice", "INV-1"], "6 to 15 digits"),
@@ -395,16 +423,52 @@ def test_usage_errors_exit_2_and_never_echo_card_data(args: list[str], says: str
     # Nothing listens there: a run that went on to pay would exit 1, not 2.
     url = f"http://127.0.0.1:{free_port()}"
     flat = [item for pair in options.items() for item in pair]
-    run = cli("pay", *positional, *flat, "--url", url)
+    run = cli("pay", *positional, *flat, "--url", url, "--json")
     assert run.returncode == 2, run
-    assert run.stdout == ""
+    assert run.stdout == ""  # no JSON for a usage error
     assert says in " ".join(run.stderr.split()), run
 
 
-def test_production_needs_real_credentials() -> None:
-    run = cli("status", "123456789012", "--env", "production")
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["status", "123456789012", "--env", _PAN], "must be one of test, production"),
+        (["pay", "--amount", "1", "--exp", _EXP, "--cvc", _CVC, "--language", _PAN], "rus, kaz"),
+        (["pay", "--amount", "1", "--card", _PAN, "--exp", _EXP, "--language", _CVC], "rus, kaz"),
+        (["status", "123456789012", _PAN], "1 unexpected argument(s), not shown"),
+        (["charge", UUID_ZERO, _PAN], "1 unexpected argument(s), not shown"),
+        (["cancel", UUID_ZERO, _PAN, _CVC], "2 unexpected argument(s), not shown"),
+        (["refund", UUID_ZERO, "--amount", "1", _PAN], "1 unexpected argument(s), not shown"),
+    ],
+    ids=["env", "language PAN", "language CVC", "status", "charge", "cancel", "refund"],
+)
+def test_a_bad_choice_or_an_extra_argument_is_not_echoed(args: list[str], says: str) -> None:
+    """Click would repeat them ("'4405…' is not one of 'test', 'production'")."""
+    url = ["--url", f"http://127.0.0.1:{free_port()}"] if "--env" not in args else []
+    run = cli(*args, *url, "--json")
     assert run.returncode == 2, run
-    assert "--client-id" in run.stderr
+    assert run.stdout == ""
+    assert says in " ".join(run.stderr.split()), run
+    assert_no_card_data(run.stderr, [_PAN], [_CVC])
+
+
+def test_the_help_states_the_json_contract_and_where_card_data_may_be_seen() -> None:
+    run = cli("pay", "--help")
+    assert run.returncode == 0, run
+    text = " ".join(run.stdout.replace("│", " ").split())
+    for said in (
+        "the result (exit status 0 or 3) or the error (1). Usage errors (2) and Ctrl-C (130) "
+        "print none.",
+        "test, or production (which requires --client-id, --client-secret and --terminal)",
+        "a command line is visible to other local users (ps) and lands in shell history",
+    ):
+        assert said in text, said
+
+
+def test_production_needs_real_credentials() -> None:
+    run = cli("status", "123456789012", "--env", "production", "--json")
+    assert run.returncode == 2, run
+    assert "--client-id" in run.stderr and run.stdout == ""
 
 
 def test_connection_options_come_from_the_environment(gateway: Gateway) -> None:
@@ -459,6 +523,8 @@ def test_status_of_an_unknown_invoice_is_not_found(gateway: Gateway) -> None:
         "message_ru": NOT_FOUND_RU,
         "status_code": 400,
         "id": None,
+        "invoice_id": unknown,
+        "outcome_unknown": False,
     }
 
 
@@ -508,7 +574,7 @@ def test_cancel_releases_an_authorization(gateway: Gateway) -> None:
 
 
 def test_an_operation_on_an_unknown_transaction_fails(gateway: Gateway) -> None:
-    unknown = "00000000-0000-4000-8000-000000000000"
+    unknown = UUID_ZERO
     run = cli("charge", unknown, "--url", gateway.base_url, "--json")
     assert run.returncode == 1, run
     assert run.json()["id"] == unknown and run.json()["status_code"] in (400, 404)
@@ -523,13 +589,23 @@ def test_no_gateway_is_a_connection_error() -> None:
 # --- 3-D Secure ---------------------------------------------------------------------
 
 
-def _pass_acs(browser: httpx.Client, open_url: str, acs: str) -> tuple[str, str, str]:
+def _browser_page(response: httpx.Response, card: tuple[str, str, str]) -> str:
+    """A page the CLI's server (or the ACS) showed the browser: never the card data."""
+    pan, _, cvc = card
+    assert_no_card_data(response.text, [pan], [cvc])
+    return response.text
+
+
+def _pass_acs(
+    browser: httpx.Client, open_url: str, acs: str, card: tuple[str, str, str]
+) -> tuple[str, str, str]:
     """What the cardholder's browser does: open the CLI's page, follow its form to the
     ACS, enter the code; the TermUrl the ACS posts to, with its PaRes and MD."""
     page = browser.get(open_url)
     assert page.status_code == 200, page.text
-    assert f'action="{acs}"' in page.text
-    form = {name: hidden(page.text, name) for name in ("PaReq", "MD", "TermUrl")}
+    text = _browser_page(page, card)
+    assert f'action="{acs}"' in text
+    form = {name: hidden(text, name) for name in ("PaReq", "MD", "TermUrl")}
     assert form["TermUrl"] == f"{open_url}term"
     challenge = browser.post(acs, data=form)
     assert challenge.status_code == 200, challenge.text
@@ -541,23 +617,36 @@ def _pass_acs(browser: httpx.Client, open_url: str, acs: str) -> tuple[str, str,
     return form["TermUrl"], hidden(answered.text, "PaRes"), hidden(answered.text, "MD")
 
 
+def _waiting(process: CliProcess, notes: str = "stderr") -> tuple[str, str]:
+    """The ACS address and the page to open, as the CLI prints them."""
+    acs = process.wait_for(re.compile(r"the issuer's ACS is (\S+)"), notes).group(1)
+    return acs, process.wait_for(OPEN_LINE, notes).group(1)
+
+
 def test_3ds_pay_waits_for_the_browser_and_prints_the_result(gateway: Gateway) -> None:
     invoice = new_invoice()
     args = pay_args(gateway, VISA_3DS, "--json", "--invoice", invoice, "--wait-timeout", "120",
                     "--card-save", "--account-id", "cli-3ds-customer")  # fmt: skip
     with running(*args) as process, httpx.Client(timeout=30) as browser:
-        acs = process.wait_for(re.compile(r"the issuer's ACS is (\S+)"), "stderr").group(1)
+        acs, open_url = _waiting(process)
         assert acs == f"{gateway.base_url}/acs/pa"
-        opened = process.wait_for(OPEN_LINE, "stderr")
-        open_url = opened.group(1)
-        # only 127.0.0.1 and only this payment's answer
-        assert browser.get(open_url, headers={"Host": "evil.example"}).status_code == 421
+        # only 127.0.0.1, only this payment's answer, only from the ACS's page
+        misdirected = browser.get(open_url, headers={"Host": "evil.example"})
+        assert misdirected.status_code == 421
         assert browser.get(f"{open_url}other").status_code == 404
-        term_url, pa_res, md = _pass_acs(browser, open_url, acs)
-        assert browser.post(term_url, data={"PaRes": pa_res, "MD": "123-ABC"}).status_code == 400
+        term_url, pa_res, md = _pass_acs(browser, open_url, acs, VISA_3DS)
+        answer = {"PaRes": pa_res, "MD": md}
+        elsewhere = f"http://127.0.0.1:{free_port()}"  # another page on this machine
+        for refused, status_code in (
+            (browser.post(term_url, data={"PaRes": pa_res, "MD": "123-ABC"}), 400),
+            (browser.post(term_url, data=answer, headers={"Origin": "http://evil.example"}), 403),
+            (browser.post(term_url, data=answer, headers={"Origin": elsewhere}), 403),
+        ):
+            assert refused.status_code == status_code, refused.text
+            _browser_page(refused, VISA_3DS)
         assert process.process.poll() is None  # still waiting
-        done = browser.post(term_url, data={"PaRes": pa_res, "MD": md})
-        assert done.status_code == 200 and "Payment approved" in done.text
+        done = browser.post(term_url, data=answer, headers={"Origin": gateway.base_url})
+        assert done.status_code == 200 and "Payment approved" in _browser_page(done, VISA_3DS)
         assert "status AUTH" in done.text
         run = process.finish()
     assert run.returncode == 0, run
@@ -568,26 +657,90 @@ def test_3ds_pay_waits_for_the_browser_and_prints_the_result(gateway: Gateway) -
     tx = status_json(gateway, invoice)
     assert (tx.id, tx.status, tx.secure) == (payment.id, "AUTH", True)
     assert UUID.fullmatch(payment.card_id) and payment.card_id == tx.card_id
+    # the status API's details, as a payment without 3-D Secure has them from cryptopay
+    assert payment.card_type == tx.card_type == "VISA"
+    assert (payment.issuer, payment.int_reference) == (tx.issuer, tx.int_reference)
+    assert payment.int_reference
+
+
+def test_3ds_a_refused_answer_leaves_the_payment_waiting_for_a_good_one(gateway: Gateway) -> None:
+    """A PaRes the gateway refuses (473, "PaRes refused") leaves the transaction NEW:
+    not a decline. The browser is told to try again; the right PaRes then approves."""
+    invoice = new_invoice()
+    args = pay_args(gateway, VISA_3DS, "--invoice", invoice, "--json", "--wait-timeout", "120")
+    with running(*args) as process, httpx.Client(timeout=30) as browser:
+        acs, open_url = _waiting(process)
+        term_url, pa_res, md = _pass_acs(browser, open_url, acs, VISA_3DS)
+        garbage = browser.post(term_url, data={"PaRes": "bm90IGEgUGFSZXM=", "MD": md})
+        assert garbage.status_code == 200
+        page = _browser_page(garbage, VISA_3DS)
+        assert "Not confirmed 473" in page and "PaRes refused" in page
+        assert '<a href="/">Try 3-D Secure again</a>' in page
+        assert "declined" not in page.lower()
+        assert status_json(gateway, invoice).status == "NEW"
+        assert process.process.poll() is None  # still waiting
+        # the page at / offers the ACS again
+        assert f'action="{acs}"' in _browser_page(browser.get(open_url), VISA_3DS)
+        done = browser.post(term_url, data={"PaRes": pa_res, "MD": md})
+        assert "Payment approved" in _browser_page(done, VISA_3DS)
+        run = process.finish()
+    assert run.returncode == 0, run
+    assert run.json()["status"] == "AUTH"
+    assert status_json(gateway, invoice).status == "AUTH"
+
+
+def test_3ds_an_unknown_outcome_is_settled_by_the_status(gateway: Gateway) -> None:
+    """A confirm without a usable answer is not a decline: while the payment is NEW the
+    browser hears "outcome unknown" and the wait goes on; once the gateway has approved
+    it (the answer lost after the fact), the status API says so and the command ends 0."""
+    invoice = new_invoice()
+    with running_proxy(gateway.base_url) as proxy:
+        args = ["pay", "--url", proxy.base_url, "--amount", "100", "--card", VISA_3DS[0],
+                "--exp", VISA_3DS[1], "--cvc", VISA_3DS[2], "--invoice", invoice, "--json",
+                "--wait-timeout", "120"]  # fmt: skip
+        with running(*args) as process, httpx.Client(timeout=30) as browser:
+            acs, open_url = _waiting(process)
+            term_url, pa_res, md = _pass_acs(browser, open_url, acs, VISA_3DS)
+            proxy.fail("/payment/confirm", 503)  # never reaches the gateway
+            unknown = browser.post(term_url, data={"PaRes": pa_res, "MD": md})
+            page = _browser_page(unknown, VISA_3DS)
+            assert "<h1>Outcome unknown</h1>" in page and "still waiting" in page
+            assert "declined" not in page.lower()
+            assert process.process.poll() is None
+            proxy.fail("/payment/confirm", FORWARD_THEN_504)  # approved, the answer lost
+            done = browser.post(term_url, data={"PaRes": pa_res, "MD": md})
+            assert "Payment approved" in _browser_page(done, VISA_3DS)
+            run = process.finish()
+        confirms = proxy.seen("/payment/confirm")
+    assert [(s.action, s.upstream_status) for s in confirms] == [
+        (503, None),
+        (FORWARD_THEN_504, 200),
+    ]
+    assert run.returncode == 0, run
+    payment = Payment.model_validate(run.json())
+    tx = status_json(gateway, invoice)
+    assert (payment.id, payment.status, payment.reference) == (tx.id, "AUTH", tx.reference)
+    assert payment.card_type == "VISA" and payment.secure3d is None
 
 
 @pytest.mark.parametrize("as_json", [True, False], ids=["json", "table"])
 def test_3ds_declined_after_the_challenge(gateway: Gateway, as_json: bool) -> None:
     invoice = new_invoice()
     extra = ["--json"] if as_json else []
-    args = pay_args(gateway, VISA_3DS_THEN_484, "--invoice", invoice, "--language", "eng", *extra)
-    notes = "stderr" if as_json else "stdout"
+    args = pay_args(gateway, VISA_3DS_THEN_484, "--invoice", invoice, "--language", "ENG", *extra)
     with running(*args) as process, httpx.Client(timeout=30) as browser:
-        acs = process.wait_for(re.compile(r"the issuer's ACS is (\S+)"), notes).group(1)
-        open_url = process.wait_for(OPEN_LINE, notes).group(1)
+        acs, open_url = _waiting(process, "stderr" if as_json else "stdout")
         assert '<html lang="en">' in browser.get(open_url).text
-        term_url, pa_res, md = _pass_acs(browser, open_url, acs)
-        done = browser.post(term_url, data={"PaRes": pa_res, "MD": md})
+        term_url, pa_res, md = _pass_acs(browser, open_url, acs, VISA_3DS_THEN_484)
+        done = browser.post(term_url, data={"PaRes": pa_res, "MD": md}, headers={"Origin": "null"})
         assert done.status_code == 200
-        assert "Payment declined 484" in done.text and "Insufficient funds" in done.text
+        page = _browser_page(done, VISA_3DS_THEN_484)
+        assert "Payment declined 484" in page and "Insufficient funds" in page
+        assert "Try 3-D Secure again" not in page
         run = process.finish()
     assert run.returncode == 1, run
     tx = status_json(gateway, invoice)
-    assert tx.reason_code == 484
+    assert (tx.reason_code, tx.status) == (484, "FAILED")
     if as_json:
         assert run.json() == {
             "error": "InsufficientFunds",
@@ -596,6 +749,8 @@ def test_3ds_declined_after_the_challenge(gateway: Gateway, as_json: bool) -> No
             "message_ru": INSUFFICIENT_FUNDS_RU,
             "status_code": 200,
             "id": tx.id,
+            "invoice_id": invoice,
+            "outcome_unknown": False,
         }
     else:
         assert (
@@ -605,33 +760,38 @@ def test_3ds_declined_after_the_challenge(gateway: Gateway, as_json: bool) -> No
         assert "Payment approved" not in run.stdout
 
 
-def test_3ds_no_wait_prints_the_challenge_and_exits_3(gateway: Gateway) -> None:
+def test_3ds_no_wait_prints_the_payment_and_exits_3(gateway: Gateway) -> None:
     invoice = new_invoice()
     run = cli(*pay_args(gateway, VISA_3DS, "--invoice", invoice, "--no-wait", "--json"))
     assert run.returncode == 3, run
     assert run.stderr == ""
-    body = run.json()
-    assert set(body) == {"id", "invoiceId", "action", "paReq", "md"}
-    assert body["invoiceId"] == invoice and body["action"] == f"{gateway.base_url}/acs/pa"
+    body = run.json()  # the payment as cryptopay answered it, under ePay's names
+    payment = Payment.model_validate(body)
+    assert body["invoiceID"] == invoice and UUID.fullmatch(body["id"])
+    assert set(body["secure3D"]) == {"paReq", "md", "action"}
+    assert payment.secure3d is not None and payment.amount == 100
+    assert payment.secure3d.action == f"{gateway.base_url}/acs/pa"
     # what it printed is enough for a shop to finish the payment itself
     with httpx.Client(timeout=30) as browser:
-        form = {"PaReq": body["paReq"], "MD": body["md"], "TermUrl": TERM_URL}
-        challenge = browser.post(body["action"], data=form)
+        form = {"PaReq": payment.secure3d.pa_req, "MD": payment.secure3d.md, "TermUrl": TERM_URL}
+        challenge = browser.post(payment.secure3d.action, data=form)
         answered = browser.post(
-            urljoin(body["action"], "/acs/pa/answer"),
+            urljoin(payment.secure3d.action, "/acs/pa/answer"),
             data=form | {"action": "confirm", "code": otp(challenge.text)},
         )
     with EpayClient(
         gateway.base_url, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, terminal_id=TERMINAL
     ) as client:
         result = client.confirm(
-            body["id"], hidden(answered.text, "PaRes"), hidden(answered.text, "MD")
+            payment.id, hidden(answered.text, "PaRes"), hidden(answered.text, "MD")
         )
     assert result.status == "AUTH"
 
     table = cli(*pay_args(gateway, VISA_3DS, "--no-wait"))
     assert table.returncode == 3, table
-    assert "Waiting for 3-D Secure" in table.stdout and "paReq: " in table.stdout
+    assert "Waiting for 3-D Secure" in table.stdout
+    for text in ("Transaction", "Invoice", "100 KZT", "ACS", f"{gateway.base_url}/acs/pa", "PaReq"):
+        assert text in table.stdout, text
     assert UUID.search(table.stdout)
 
 
@@ -644,16 +804,34 @@ def test_3ds_gives_up_after_the_wait_timeout(gateway: Gateway) -> None:
     assert run.returncode == 1, run
     body = run.json()
     assert body["error"] == "Secure3DTimeout" and "not passed in 1 s" in body["message"]
-    assert body["id"] == status_json(gateway, invoice).id
+    assert (body["id"], body["invoice_id"]) == (status_json(gateway, invoice).id, invoice)
 
 
-def test_3ds_with_the_listen_port_taken_fails_clearly(gateway: Gateway) -> None:
+def test_ctrl_c_while_waiting_exits_130_without_json(gateway: Gateway) -> None:
+    with running(*pay_args(gateway, VISA_3DS, "--json")) as process:
+        process.wait_for(OPEN_LINE, "stderr")
+        process.process.send_signal(signal.SIGINT)
+        run = process.finish()
+    assert run.returncode == 130, run
+    assert run.stdout == ""
+
+
+def test_a_taken_listen_port_fails_before_paying(gateway: Gateway) -> None:
+    """The port is opened first: a port in use pays nothing (no 3-D Secure payment
+    left pending); with --no-wait no port is needed."""
+    invoice = new_invoice()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
-        run = cli(*pay_args(gateway, VISA_3DS, "--listen-port", port, "--json"))
-    assert run.returncode == 1, run
-    body = run.json()
-    assert body["error"] == "ListenError" and f"127.0.0.1:{port}" in body["message"]
-    assert UUID.fullmatch(body["id"])
+        run = cli(*pay_args(gateway, VISA_3DS, "--invoice", invoice, "--listen-port", port,
+                            "--json"))  # fmt: skip
+        assert run.returncode == 1, run
+        body = run.json()
+        assert body["error"] == "ListenError" and f"127.0.0.1:{port}" in body["message"]
+        assert "nothing was paid" in body["message"] and body["id"] is None
+        unknown = cli("status", invoice, "--url", gateway.base_url, "--json")
+        assert unknown.returncode == 1 and unknown.json()["error"] == "NotFound"
+        no_wait = cli(*pay_args(gateway, VISA_3DS, "--invoice", invoice, "--listen-port", port,
+                                "--no-wait", "--json"))  # fmt: skip
+        assert no_wait.returncode == 3, no_wait

@@ -5,7 +5,8 @@ gateway (``--url``) or to ePay's own hosts (``--env test|production``).
 
 Exit statuses: 0 done (the payment approved, the operation done), 1 refused (declined,
 an error of the gateway, no answer, 3-D Secure not finished in time), 2 a usage error,
-3 waiting for 3-D Secure (``pay --no-wait``).
+3 waiting for 3-D Secure (``pay --no-wait``), 130 interrupted. With ``--json``, exit
+statuses 0, 1 and 3 print exactly one JSON object on standard output; 2 and 130 none.
 
 The card number and the CVC are never printed or logged: only the card's mask is.
 """
@@ -13,43 +14,45 @@ The card number and the CVC are never printed or logged: only the card's mask is
 from __future__ import annotations
 
 import functools
+import getpass
 import html
-import inspect
 import json
 import re
 import secrets
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, get_type_hints
+from typing import Annotated, Any, Literal, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from tolem.cli import app, console
-from tolem.merchants.service import (  # ePay's public sandbox merchant, seeded in sandbox mode
-    SANDBOX_CLIENT_ID,
-    SANDBOX_CLIENT_SECRET,
-    SANDBOX_TERMINAL_ID,
+from tolem.client import (
+    PRODUCTION,
+    TEST,
+    Card,
+    CardDataError,
+    ConfirmResult,
+    Environment,
+    EpayClient,
+    EpayError,
+    OperationResult,
+    Payment,
+    PaymentDeclined,
+    PaymentRequest,
+    Transaction,
+    error_for,
+    secure3d_form,
 )
-
-if TYPE_CHECKING:
-    from tolem.client import (
-        Card,
-        ConfirmResult,
-        EpayClient,
-        EpayError,
-        OperationResult,
-        Payment,
-        Transaction,
-    )
+from tolem.testing import SANDBOX_MERCHANT  # ePay's public sandbox merchant
 
 #: The payment is waiting for 3-D Secure (``tolem pay --no-wait``).
 EXIT_PENDING_3DS = 3
@@ -58,46 +61,153 @@ EXIT_FAILED = 1
 #: Where ``tolem serve`` (and ``./dev serve``) listens by default.
 DEFAULT_URL = "http://127.0.0.1:8000"
 
+#: Statuses of a payment that went through (EPAY.md section 11).
+APPROVED = frozenset({"AUTH", "CHARGE", "VERIFIED"})
+
 err_console = Console(stderr=True)
 
 
-class EpayHosts(StrEnum):
-    TEST = "test"
-    PRODUCTION = "production"
+def _one_of(*allowed: str) -> Callable[[str | None], str | None]:
+    """An option's check that lists the choices but never repeats the value given: a
+    card number or a CVC typed in the wrong place must not be echoed."""
 
+    def check(value: str | None) -> str | None:
+        if value is None or value.lower() in allowed:
+            return value and value.lower()
+        raise typer.BadParameter(f"must be one of {', '.join(allowed)} (the value is not shown)")
 
-class Language(StrEnum):
-    RUS = "rus"
-    KAZ = "kaz"
-    ENG = "eng"
+    return check
 
 
 # --- the options every command shares -----------------------------------------------
+
+_PANEL = "Connection"
+Url = Annotated[
+    str,
+    typer.Option(
+        "--url", envvar="TOLEM_URL", help="Base URL of a tolem gateway.", rich_help_panel=_PANEL
+    ),
+]
+Env = Annotated[
+    str | None,
+    typer.Option(
+        "--env",
+        metavar="test|production",
+        callback=_one_of("test", "production"),
+        help="Talk to ePay's own hosts instead of a tolem gateway: test, or production "
+        "(which requires --client-id, --client-secret and --terminal). Not together "
+        "with --url.",
+        rich_help_panel=_PANEL,
+    ),
+]
+ClientId = Annotated[
+    str,
+    typer.Option(
+        "--client-id",
+        envvar="TOLEM_CLIENT_ID",
+        help="ClientID (default: the sandbox merchant's).",
+        show_default=False,
+        rich_help_panel=_PANEL,
+    ),
+]
+ClientSecret = Annotated[
+    str,
+    typer.Option(
+        "--client-secret",
+        envvar="TOLEM_CLIENT_SECRET",
+        help="ClientSecret (default: the sandbox merchant's). Prefer the environment "
+        "variable: a command line lands in shell history.",
+        show_default=False,
+        rich_help_panel=_PANEL,
+    ),
+]
+TerminalId = Annotated[
+    str,
+    typer.Option(
+        "--terminal",
+        envvar="TOLEM_TERMINAL_ID",
+        help="TerminalID (default: the sandbox terminal).",
+        show_default=False,
+        rich_help_panel=_PANEL,
+    ),
+]
+Timeout = Annotated[
+    float,
+    typer.Option(
+        "--timeout", min=0.1, help="Seconds to wait for each HTTP answer.", rich_help_panel=_PANEL
+    ),
+]
+AsJson = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print one JSON object on standard output, for scripts: the result (exit "
+        "status 0 or 3) or the error (1). Usage errors (2) and Ctrl-C (130) print none.",
+        rich_help_panel=_PANEL,
+    ),
+]
+_SANDBOX = SANDBOX_MERCHANT
+#: Extra arguments are refused by Connection.from_options, which does not echo them
+#: (they may be a card number); Click's own refusal would.
+_COMMAND: dict[str, Any] = {"context_settings": {"allow_extra_args": True}}
 
 
 @dataclass(frozen=True)
 class Connection:
     """Where to send the calls, as whom, and how to print the answer (``--json``)."""
 
-    url: str | None
-    hosts: EpayHosts | None
+    environment: Environment
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     terminal_id: str
     timeout: float
     as_json: bool
 
-    def client(self) -> EpayClient:
-        from tolem.client import PRODUCTION, TEST, Environment, EpayClient
+    @classmethod
+    def from_options(cls, ctx: typer.Context) -> Connection:
+        """The connection options of the command (``--url`` … ``--json``), checked."""
+        if ctx.args:
+            raise typer.BadParameter(
+                f"{len(ctx.args)} unexpected argument(s), not shown as they may hold card data"
+            )
+        options = ctx.params
 
-        if self.hosts is EpayHosts.PRODUCTION:
-            environment = PRODUCTION
-        elif self.hosts is EpayHosts.TEST:
-            environment = TEST
+        def given(name: str) -> bool:  # on the command line or in the environment
+            source = ctx.get_parameter_source(name)
+            return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+        if options["env"] is None:
+            parts = urlsplit(options["url"])
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise typer.BadParameter("must be an http or https URL", param_hint="--url")
+            environment = Environment.tolem(options["url"])
         else:
-            environment = Environment.tolem(self.url or DEFAULT_URL)
-        return EpayClient(
+            source = ctx.get_parameter_source("url")
+            if source is not None and source.name == "COMMANDLINE":
+                raise typer.BadParameter(
+                    "not together with --env: --url names a tolem gateway, --env ePay's own hosts",
+                    param_hint="--url",
+                )
+            credentials = ("client_id", "client_secret", "terminal")
+            if options["env"] == "production" and not all(map(given, credentials)):
+                raise typer.BadParameter(
+                    "production needs your merchant's --client-id, --client-secret and "
+                    "--terminal (or TOLEM_CLIENT_ID, TOLEM_CLIENT_SECRET, TOLEM_TERMINAL_ID)",
+                    param_hint="--env",
+                )
+            environment = PRODUCTION if options["env"] == "production" else TEST
+        return cls(
             environment,
+            client_id=options["client_id"],
+            client_secret=options["client_secret"],
+            terminal_id=options["terminal"],
+            timeout=options["timeout"],
+            as_json=options["as_json"],
+        )
+
+    def client(self) -> EpayClient:
+        return EpayClient(
+            self.environment,
             client_id=self.client_id,
             client_secret=self.client_secret,
             terminal_id=self.terminal_id,
@@ -105,199 +215,20 @@ class Connection:
         )
 
 
-_PANEL = "Connection"
-_KEYWORD = inspect.Parameter.KEYWORD_ONLY
-_CONNECTION_OPTIONS = [
-    inspect.Parameter(
-        "url",
-        _KEYWORD,
-        default=DEFAULT_URL,
-        annotation=Annotated[
-            str,
-            typer.Option(
-                "--url",
-                envvar="TOLEM_URL",
-                help="Base URL of a tolem gateway.",
-                rich_help_panel=_PANEL,
-            ),
-        ],
-    ),
-    inspect.Parameter(
-        "hosts",
-        _KEYWORD,
-        default=None,
-        annotation=Annotated[
-            EpayHosts | None,
-            typer.Option(
-                "--env",
-                case_sensitive=False,
-                help="Talk to ePay's own hosts instead of a tolem gateway: test or "
-                "production (then --client-id, --client-secret and --terminal are "
-                "required). Not together with --url.",
-                rich_help_panel=_PANEL,
-            ),
-        ],
-    ),
-    inspect.Parameter(
-        "client_id",
-        _KEYWORD,
-        default=SANDBOX_CLIENT_ID,
-        annotation=Annotated[
-            str,
-            typer.Option(
-                "--client-id",
-                envvar="TOLEM_CLIENT_ID",
-                help="ClientID (default: the sandbox merchant's).",
-                show_default=False,
-                rich_help_panel=_PANEL,
-            ),
-        ],
-    ),
-    inspect.Parameter(
-        "client_secret",
-        _KEYWORD,
-        default=SANDBOX_CLIENT_SECRET,
-        annotation=Annotated[
-            str,
-            typer.Option(
-                "--client-secret",
-                envvar="TOLEM_CLIENT_SECRET",
-                help="ClientSecret (default: the sandbox merchant's). Prefer the "
-                "environment variable: a command line lands in shell history.",
-                show_default=False,
-                rich_help_panel=_PANEL,
-            ),
-        ],
-    ),
-    inspect.Parameter(
-        "terminal",
-        _KEYWORD,
-        default=SANDBOX_TERMINAL_ID,
-        annotation=Annotated[
-            str,
-            typer.Option(
-                "--terminal",
-                envvar="TOLEM_TERMINAL_ID",
-                help="TerminalID (default: the sandbox terminal).",
-                show_default=False,
-                rich_help_panel=_PANEL,
-            ),
-        ],
-    ),
-    inspect.Parameter(
-        "timeout",
-        _KEYWORD,
-        default=30.0,
-        annotation=Annotated[
-            float,
-            typer.Option(
-                "--timeout",
-                min=0.1,
-                help="Seconds to wait for each HTTP answer.",
-                rich_help_panel=_PANEL,
-            ),
-        ],
-    ),
-    inspect.Parameter(
-        "as_json",
-        _KEYWORD,
-        default=False,
-        annotation=Annotated[
-            bool,
-            typer.Option(
-                "--json",
-                help="Print one JSON object on standard output (errors too), for scripts.",
-                rich_help_panel=_PANEL,
-            ),
-        ],
-    ),
-]
-_CONNECTION_NAMES = tuple(p.name for p in _CONNECTION_OPTIONS)
-
-
-def _connection(
-    ctx: typer.Context,
-    *,
-    url: str,
-    hosts: EpayHosts | None,
-    client_id: str,
-    client_secret: str,
-    terminal: str,
-    timeout: float,
-    as_json: bool,
-) -> Connection:
-    if ctx.args:  # only pay takes them, to refuse them here: they may be a card number
-        raise typer.BadParameter(
-            f"{len(ctx.args)} unexpected argument(s), not shown as they may hold card data"
-        )
-
-    def given(name: str) -> bool:  # on the command line or in the environment
-        source = ctx.get_parameter_source(name)
-        return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
-
-    if hosts is not None:
-        source = ctx.get_parameter_source("url")
-        if source is not None and source.name == "COMMANDLINE":
-            raise typer.BadParameter(
-                "not together with --env: --url names a tolem gateway, --env ePay's own hosts",
-                param_hint="--url",
-            )
-        if hosts is EpayHosts.PRODUCTION and not all(
-            given(name) for name in ("client_id", "client_secret", "terminal")
-        ):
-            raise typer.BadParameter(
-                "production needs your merchant's --client-id, --client-secret and "
-                "--terminal (or TOLEM_CLIENT_ID, TOLEM_CLIENT_SECRET, TOLEM_TERMINAL_ID)",
-                param_hint="--env",
-            )
-    else:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise typer.BadParameter("must be an http or https URL", param_hint="--url")
-    return Connection(
-        url=None if hosts is not None else url,
-        hosts=hosts,
-        client_id=client_id,
-        client_secret=client_secret,
-        terminal_id=terminal,
-        timeout=timeout,
-        as_json=as_json,
-    )
-
-
-def with_connection(func: Callable[..., None]) -> Callable[..., None]:
-    """Give a command the shared options: ``func(conn, **its own options)``.
-
-    The command's signature, as Typer reads it, is ``func``'s without ``conn`` plus
-    ``--url``, ``--env``, ``--client-id``, ``--client-secret``, ``--terminal``,
-    ``--timeout`` and ``--json``.
-    """
-    hints = get_type_hints(func, include_extras=True)
-    own = [
-        p.replace(annotation=hints[p.name])
-        for p in inspect.signature(func).parameters.values()
-        if p.name != "conn"
-    ]
-    context = inspect.Parameter("ctx", _KEYWORD, annotation=typer.Context)
-    parameters = [*own, context, *_CONNECTION_OPTIONS]
-
-    @functools.wraps(func)
-    def command(**options: Any) -> None:
-        connection = {name: options.pop(name) for name in _CONNECTION_NAMES}
-        conn = _connection(options.pop("ctx"), **connection)
-        func(conn, **options)
-
-    command.__signature__ = inspect.Signature(parameters, return_annotation=None)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in parameters} | {"return": None}
-    return command
-
-
 # --- printing -----------------------------------------------------------------------
+
+Kind = Literal["declined", "unknown", "error"]
 
 
 @dataclass(frozen=True)
 class Failure:
-    """What ends a command with exit status 1: an EpayError, or the CLI's own time-out."""
+    """What ends a command with exit status 1: an EpayError, or the CLI's own error.
+
+    ``kind``: ``declined`` (the payment was refused), ``unknown`` (a request that moves
+    money may have been carried out, but no usable answer came: ask ``tolem status``
+    before trying again) or ``error``. ``pending``: 3-D Secure only, the answer was not
+    accepted but the payment is not decided yet, so the wait goes on.
+    """
 
     error: str
     message: str
@@ -305,12 +236,17 @@ class Failure:
     code: int | None = None
     status_code: int | None = None
     id: str = ""
-    declined: bool = False
+    invoice_id: str = ""
+    kind: Kind = "error"
+    pending: bool = False
 
     @classmethod
-    def of(cls, exc: EpayError, transaction_id: str = "") -> Failure:
-        from tolem.client import PaymentDeclined
-
+    def of(cls, exc: EpayError, transaction_id: str = "", invoice_id: str = "") -> Failure:
+        kind: Kind = "error"
+        if exc.outcome_unknown:
+            kind = "unknown"
+        elif isinstance(exc, PaymentDeclined):
+            kind = "declined"
         return cls(
             error=type(exc).__name__,
             message=exc.message,
@@ -318,7 +254,8 @@ class Failure:
             code=exc.code,
             status_code=exc.status_code,
             id=exc.transaction_id or transaction_id,
-            declined=isinstance(exc, PaymentDeclined),
+            invoice_id=exc.invoice_id or invoice_id,
+            kind=kind,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -329,19 +266,29 @@ class Failure:
             "message_ru": self.message_ru,
             "status_code": self.status_code,
             "id": self.id or None,
+            "invoice_id": self.invoice_id or None,
+            "outcome_unknown": self.kind == "unknown",
         }
 
 
 def fail(conn: Connection, failure: Failure) -> NoReturn:
     if conn.as_json:
         _print_json(failure.as_json())
-    else:
-        what = "Payment declined" if failure.declined else failure.error
-        code = f", code {failure.code}" if failure.code is not None else ""
-        line = f"{what}{code}: {failure.message} — {failure.message_ru}"
-        err_console.print(Text(line, style="bold red"), soft_wrap=True)
-        if failure.id:
-            err_console.print(Text(f"transaction {failure.id}", style="dim"), soft_wrap=True)
+        raise typer.Exit(EXIT_FAILED)
+    what = {
+        "declined": "Payment declined",
+        "unknown": f"Outcome unknown ({failure.error})",
+        "error": failure.error,
+    }[failure.kind]
+    code = f", code {failure.code}" if failure.code is not None else ""
+    line = f"{what}{code}: {failure.message} — {failure.message_ru}"
+    err_console.print(Text(line, style="bold red"), soft_wrap=True)
+    for name, value in (("transaction", failure.id), ("invoice", failure.invoice_id)):
+        if value:
+            err_console.print(Text(f"{name} {value}", style="dim"), soft_wrap=True)
+    if failure.kind == "unknown":
+        check = f"tolem status {failure.invoice_id}" if failure.invoice_id else "tolem status"
+        err_console.print(Text(f"Check with {check} before trying again.", style="dim"))
     raise typer.Exit(EXIT_FAILED)
 
 
@@ -389,6 +336,36 @@ def show_payment(conn: Connection, payment: Payment) -> None:
             ("Card ID", payment.card_id),
         ],
     )
+
+
+def show_pending(conn: Connection, payment: Payment) -> NoReturn:
+    """``--no-wait``: what a shop needs to send the cardholder to the ACS; exit 3."""
+    secure3d = payment.secure3d
+    assert secure3d is not None
+    if conn.as_json:
+        _print_json(payment.model_dump(by_alias=True, mode="json"))
+        raise typer.Exit(EXIT_PENDING_3DS)
+    _table(
+        "Waiting for 3-D Secure",
+        [
+            ("Transaction", payment.id),
+            ("Invoice", payment.invoice_id),
+            ("Amount", _money(payment.amount, payment.currency)),
+            ("ACS", secure3d.action),
+            ("PaReq", secure3d.pa_req),
+            ("MD", secure3d.md),
+        ],
+        style="yellow",
+    )
+    console.print(
+        Text(
+            "Post PaReq, MD and your TermUrl to the ACS, then confirm the ACS's PaRes and "
+            "MD with POST /payment/confirm.",
+            style="dim",
+        ),
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_PENDING_3DS)
 
 
 def show_transaction(conn: Connection, tx: Transaction) -> None:
@@ -465,37 +442,26 @@ def parse_amount(text: str, option: str = "--amount") -> Decimal:
     return amount
 
 
-_EXPIRY = re.compile(r"(0[1-9]|1[0-2])(/?[0-9]{2}|/[0-9]{4})")
-
-
 def parse_card(pan: str, exp: str, cvc: str) -> Card:
-    """The card, or a usage error that names the option but never repeats its value."""
-    from tolem.client import Card, CardDataError
-
-    digits = re.sub(r"[\s-]", "", pan)
-    if not re.fullmatch(r"[0-9]{12,19}", digits):
-        raise typer.BadParameter(
-            "must be the card number: 12 to 19 digits (spaces allowed); not shown here",
-            param_hint="--card",
-        )
-    if not _EXPIRY.fullmatch(exp.strip()):
-        raise typer.BadParameter(
-            "must be the expiry as MM/YY (or MMYY, MM/YYYY), e.g. 01/25", param_hint="--exp"
-        )
-    if not re.fullmatch(r"[0-9]{3,4}", cvc.strip()):
-        raise typer.BadParameter("must be 3 or 4 digits; not shown here", param_hint="--cvc")
+    """The card (dashes and spaces allowed in the number), or a usage error that names
+    the option but never repeats its value."""
     try:
-        return Card.parse(digits, exp.strip(), cvc.strip())
+        return Card.parse(pan.replace("-", ""), exp, cvc)
     except CardDataError as exc:  # its message names the rule, never the value
         option = {"pan": "--card", "exp": "--exp", "cvc": "--cvc"}.get(exc.field, "--card")
-        raise typer.BadParameter(str(exc), param_hint=option) from None
+        rule = str(exc).removeprefix(f"{exc.field}: ")
+        raise typer.BadParameter(f"must be {rule}; not shown here", param_hint=option) from None
 
 
-def read_cvc() -> str:
-    """The CVC from a hidden prompt, or the first line of standard input when it is
-    not a terminal (``echo 815 | tolem pay …``)."""
+def read_secret(label: str) -> str:
+    """A card number or CVC not given on the command line (where ``ps`` and shell
+    history show it): a hidden prompt on a terminal, else the next line of standard
+    input (``printf '%s\\n' "$PAN" "$CVC" | tolem pay …``)."""
     if sys.stdin.isatty():
-        return str(typer.prompt("CVC", hide_input=True, err=True))
+        try:
+            return getpass.getpass(f"{label}: ").strip()
+        except EOFError:  # Ctrl-D: nothing given (Ctrl-C stays an interruption, 130)
+            return ""
     return sys.stdin.readline().strip()
 
 
@@ -503,35 +469,113 @@ def _random_invoice() -> str:
     return f"{secrets.randbelow(10**12):012d}"
 
 
+def _required(value: str, what: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("must not be empty", param_hint=what)
+    return value.strip()
+
+
+# --- 3-D Secure: deciding the outcome -----------------------------------------------
+
+
+def _status_of(client: EpayClient, payment: Payment) -> Transaction | None:
+    """The payment as the status API has it; None without an answer or if the invoice's
+    newest transaction is another one."""
+    try:
+        tx = client.status(payment.invoice_id)
+    except EpayError:
+        return None
+    return tx if tx.id == payment.id else None
+
+
+_AFTER_3DS = ("status", "reference", "approval_code", "card_mask", "card_id", "card_type",
+              "issuer", "int_reference")  # fmt: skip
+
+
+def settled(payment: Payment, *answers: ConfirmResult | Transaction | None) -> Payment:
+    """The payment as it stands after 3-D Secure: confirm's answer, then the status
+    API's transaction (card type, issuer, intReference), each over the one before."""
+    update: dict[str, Any] = {"secure3d": None}
+    for answer in answers:
+        update |= {name: value for name in _AFTER_3DS if (value := getattr(answer, name, ""))}
+    return payment.model_copy(update=update)
+
+
+def decided(client: EpayClient, payment: Payment, failure: Failure) -> Payment | Failure | None:
+    """After a confirm that failed: the approved payment or the final failure if the
+    gateway has decided the payment, None while it is NEW (another PaRes may pass) or
+    the status API does not answer."""
+    tx = _status_of(client, payment)
+    if tx is None or tx.status == "NEW":
+        return None
+    if tx.status in APPROVED:
+        return settled(payment, tx)
+    if failure.kind == "declined":
+        return failure
+    body = {"code": tx.reason_code or None, "message": tx.reason or f"status {tx.status}"}
+    return Failure.of(error_for(200, body), payment.id, payment.invoice_id)
+
+
+def confirm_3ds(client: EpayClient, payment: Payment, pa_res: str, md: str) -> Payment | Failure:
+    """Confirm the ACS's answer: the approved payment, a final failure, or a pending one
+    (the answer refused or its outcome unknown, the payment still undecided)."""
+    try:
+        result = client.confirm(payment, pa_res, md)
+    except EpayError as exc:
+        failure = Failure.of(exc, payment.id, payment.invoice_id)
+        outcome = decided(client, payment, failure)
+        return replace(failure, pending=True) if outcome is None else outcome
+    except Exception as exc:  # never leave the browser (and the command) hanging
+        return Failure(
+            type(exc).__name__, str(exc), "Ошибка подтверждения 3-D Secure", id=payment.id
+        )
+    return settled(payment, result, _status_of(client, payment))
+
+
 # --- 3-D Secure: a one-page server on 127.0.0.1 for the cardholder's browser --------
 
 
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` as a browser's Origin header spells it."""
+    parts = urlsplit(url)
+    host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    port = f":{parts.port}" if parts.port not in (None, default) else ""
+    return f"{parts.scheme}://{host}{port}"
+
+
 class Secure3DWait:
-    """The state of one payment waiting for 3-D Secure, shared by the page server's
-    threads and the command: the first valid PaRes is confirmed, once."""
+    """One payment waiting for 3-D Secure, shared by the page server's threads and the
+    command: answers are confirmed one at a time until the payment is decided."""
 
     def __init__(
-        self,
-        payment: Payment,
-        confirm: Callable[[str, str], Payment | Failure],
-        language: str,
+        self, payment: Payment, confirm: Callable[[str, str], Payment | Failure], language: str
     ) -> None:
         assert payment.secure3d is not None
         self.payment = payment
         self.md = payment.secure3d.md
+        self.acs_origin = _origin(payment.secure3d.action)
         self.language = language
         self.done = threading.Event()
+        #: The last answer that left the payment undecided (a pending Failure).
+        self.last: Failure | None = None
         self._confirm = confirm
         self._lock = threading.Lock()
         self._outcome: Payment | Failure | None = None
         self._closed = False
 
     def submit(self, pa_res: str, md: str) -> Payment | Failure | None:
-        """Confirm with the ACS's answer unless already confirmed or no longer waiting."""
+        """Confirm the ACS's answer unless the payment is decided or the wait is over
+        (None); a pending Failure keeps the wait open for another answer."""
         with self._lock:
-            if self._outcome is None and not self._closed:
-                self._outcome = self._confirm(pa_res, md)
-            return self._outcome
+            if self._outcome is not None or self._closed:
+                return self._outcome
+            outcome = self._confirm(pa_res, md)
+            if isinstance(outcome, Failure) and outcome.pending:
+                self.last = outcome
+            else:
+                self._outcome = outcome
+            return outcome
 
     def outcome(self) -> Payment | Failure | None:
         with self._lock:
@@ -545,12 +589,14 @@ class Secure3DWait:
 
 
 class Secure3DServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_port = False  # a second tolem pay on the same port must fail, not share it
+    """Bound (and listening) when made, before the payment exists; serves once ``wait``
+    is set."""
 
-    def __init__(self, port: int, wait: Secure3DWait) -> None:
+    daemon_threads = True
+    wait: Secure3DWait
+
+    def __init__(self, port: int) -> None:
         super().__init__(("127.0.0.1", port), _Secure3DHandler)
-        self.wait = wait
         self.port = int(self.server_address[1])
 
     @property
@@ -587,8 +633,6 @@ class _Secure3DHandler(BaseHTTPRequestHandler):
         if outcome is not None:
             self._outcome_page(outcome)
             return
-        from tolem.client import secure3d_form
-
         assert wait.payment.secure3d is not None
         form = secure3d_form(
             wait.payment.secure3d, term_url=f"{self.server.url}term", language=wait.language
@@ -601,6 +645,10 @@ class _Secure3DHandler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path != "/term":
             self._page(404, "Not found", "This page does not exist.")
             return
+        wait = self.server.wait
+        if self.headers.get("Origin", "null").lower() not in ("null", wait.acs_origin):
+            self._page(403, "Forbidden", "This answer does not come from the issuer's page.")
+            return
         try:
             length = int(self.headers.get("Content-Length") or "0")
         except ValueError:
@@ -611,7 +659,6 @@ class _Secure3DHandler(BaseHTTPRequestHandler):
         body = self.rfile.read(length).decode("utf-8", "replace")
         fields = {k.lower(): v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
         pa_res, md = fields.get("pares", ""), fields.get("md", "")
-        wait = self.server.wait
         if not pa_res or md != wait.md:
             self._page(400, "Bad request", "This is not the 3-D Secure answer for this payment.")
             return
@@ -620,7 +667,8 @@ class _Secure3DHandler(BaseHTTPRequestHandler):
             self._page(410, "Too late", "tolem is no longer waiting for this payment.")
             return
         self._outcome_page(outcome)
-        wait.done.set()  # only now: the browser has its page
+        if not (isinstance(outcome, Failure) and outcome.pending):
+            wait.done.set()  # only now: the browser has its page
 
     def _host_ok(self) -> bool:
         port = self.server.port
@@ -630,23 +678,36 @@ class _Secure3DHandler(BaseHTTPRequestHandler):
         return False
 
     def _outcome_page(self, outcome: Payment | Failure) -> None:
-        if isinstance(outcome, Failure):
-            code = f" {outcome.code}" if outcome.code is not None else ""
-            message = f"{outcome.message} — {outcome.message_ru}"
-            self._page(200, f"Payment declined{code}", message)
-        else:
+        if not isinstance(outcome, Failure):
             self._page(
                 200,
                 "Payment approved",
                 f"{_money(outcome.amount, outcome.currency)}, status {outcome.status}, "
                 f"transaction {outcome.id}. You can close this page.",
             )
+            return
+        code = f" {outcome.code}" if outcome.code is not None else ""
+        message = f"{outcome.message} — {outcome.message_ru}"
+        if outcome.kind == "unknown":
+            title = "Outcome unknown"
+            message += ". tolem could not learn whether the payment went through"
+        elif outcome.pending:
+            title = f"Not confirmed{code}"
+        elif outcome.kind == "declined":
+            title = f"Payment declined{code}"
+        else:
+            title = f"Payment failed{code}"
+        if outcome.pending:
+            message += ". The payment is not decided yet: tolem is still waiting."
+        self._page(200, title, message, again=outcome.pending)
 
-    def _page(self, status: int, title: str, message: str) -> None:
+    def _page(self, status: int, title: str, message: str, *, again: bool = False) -> None:
+        link = '<p><a href="/">Try 3-D Secure again</a></p>' if again else ""
         page = (
             '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f"<title>{html.escape(title)}</title></head>\n"
-            f"<body><h1>{html.escape(title)}</h1>\n<p>{html.escape(message)}</p></body></html>\n"
+            f"<body><h1>{html.escape(title)}</h1>\n<p>{html.escape(message)}</p>{link}"
+            "</body></html>\n"
         )
         self._send(status, page)
 
@@ -664,63 +725,37 @@ class _Secure3DHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def confirmed(payment: Payment, result: ConfirmResult) -> Payment:
-    """The payment as it stands after 3-D Secure: confirm's status, reference and card."""
-    card_id = payment.card_id or result.card_id
-    if not card_id and result.redirect_url:  # ePay's success page carries the saved card
-        card_id = parse_qs(urlsplit(result.redirect_url).query).get("cardid", [""])[0]
-    return payment.model_copy(
-        update={
-            "secure3d": None,
-            "code": result.code,
-            "status": result.status,
-            "reference": result.reference or payment.reference,
-            "approval_code": result.approval_code or payment.approval_code,
-            "card_mask": result.card_mask or payment.card_mask,
-            "card_id": card_id,
-        }
-    )
-
-
-def wait_for_3ds(
-    conn: Connection,
-    client: EpayClient,
-    payment: Payment,
-    *,
-    language: str,
-    listen_port: int,
-    wait_timeout: float,
-) -> Payment:
-    """Serve the ACS form on 127.0.0.1 and wait for the ACS's answer; the final payment,
-    or exit 1 (declined, refused, timed out)."""
-    from tolem.client import EpayError
-
-    secure3d = payment.secure3d
-    assert secure3d is not None
-
-    def confirm(pa_res: str, md: str) -> Payment | Failure:
-        try:
-            return confirmed(payment, client.confirm(payment.id, pa_res, md))
-        except EpayError as exc:
-            return Failure.of(exc, payment.id)
-        except Exception as exc:  # never leave the browser (and the command) hanging
-            return Failure(
-                type(exc).__name__, str(exc), "Ошибка подтверждения 3-D Secure", id=payment.id
-            )
-
-    wait = Secure3DWait(payment, confirm, language)
+def listen(conn: Connection, port: int) -> Secure3DServer:
+    """The 3-D Secure page's port, opened before paying: a port in use fails the command
+    before any payment exists."""
     try:
-        server = Secure3DServer(listen_port, wait)
+        return Secure3DServer(port)
     except OSError as exc:
         fail(
             conn,
             Failure(
                 "ListenError",
-                f"cannot listen on 127.0.0.1:{listen_port}: {exc.strerror or exc}",
-                "Не удалось открыть порт для 3-D Secure",  # noqa: RUF001
-                id=payment.id,
+                f"cannot listen on 127.0.0.1:{port}: {exc.strerror or exc}; nothing was paid",
+                "Не удалось открыть порт для 3-D Secure; платёж не создан",  # noqa: RUF001
             ),
         )
+
+
+def wait_for_3ds(
+    conn: Connection,
+    client: EpayClient,
+    server: Secure3DServer,
+    payment: Payment,
+    *,
+    language: str,
+    wait_timeout: float,
+) -> Payment:
+    """Serve the ACS form and wait for the ACS's answer; the final payment, or exit 1
+    (declined, refused, timed out)."""
+    secure3d = payment.secure3d
+    assert secure3d is not None
+    wait = Secure3DWait(payment, functools.partial(confirm_3ds, client, payment), language)
+    server.wait = wait
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}, name="tolem-3ds", daemon=True
     )
@@ -733,8 +768,9 @@ def wait_for_3ds(
         outcome = wait.close()
     finally:
         server.shutdown()
-        server.server_close()
         thread.join()
+    if outcome is None and wait.last is not None:  # an answer whose outcome was unclear
+        outcome = decided(client, payment, wait.last)
     if outcome is None:
         fail(
             conn,
@@ -744,39 +780,12 @@ def wait_for_3ds(
                 "the payment stays unfinished until the gateway expires it",
                 f"3-D Secure не пройден за {wait_timeout:g} с",  # noqa: RUF001
                 id=payment.id,
+                invoice_id=payment.invoice_id,
             ),
         )
     if isinstance(outcome, Failure):
         fail(conn, outcome)
     return outcome
-
-
-def show_pending(conn: Connection, payment: Payment) -> NoReturn:
-    """``--no-wait``: what a shop needs to send the cardholder to the ACS; exit 3."""
-    secure3d = payment.secure3d
-    assert secure3d is not None
-    data = {
-        "id": payment.id,
-        "invoiceId": payment.invoice_id,
-        "action": secure3d.action,
-        "paReq": secure3d.pa_req,
-        "md": secure3d.md,
-    }
-    if conn.as_json:
-        _print_json(data)
-    else:
-        console.print(Text("Waiting for 3-D Secure", style="bold yellow"))
-        for name, value in data.items():
-            console.print(Text(f"{name}: {value}"), soft_wrap=True)
-        console.print(
-            Text(
-                "Post PaReq, MD and your TermUrl to the action (the issuer's ACS), then "
-                "confirm the ACS's PaRes and MD with POST /payment/confirm.",
-                style="dim",
-            ),
-            soft_wrap=True,
-        )
-    raise typer.Exit(EXIT_PENDING_3DS)
 
 
 # --- the commands -------------------------------------------------------------------
@@ -785,21 +794,28 @@ _ORDER = "Order"
 _3DS = "3-D Secure"
 
 
-@app.command(context_settings={"allow_extra_args": True})
-@with_connection
+@app.command(**_COMMAND)
 def pay(
-    conn: Connection,
+    ctx: typer.Context,
     amount: Annotated[
         str, typer.Option("--amount", help="Amount, e.g. 100 or 99.95 (at most 2 decimals).")
     ],
-    card: Annotated[str, typer.Option("--card", help="Card number (never printed).")],
-    exp: Annotated[str, typer.Option("--exp", help="Expiry, MM/YY.")],
+    exp: Annotated[str, typer.Option("--exp", help="Expiry, MM/YY (or MMYY, MM/YYYY).")],
+    card: Annotated[
+        str | None,
+        typer.Option(
+            "--card",
+            help="Card number (never printed). Leave it out to type it at a hidden prompt "
+            "(or pipe it on standard input): a command line is visible to other local "
+            "users (ps) and lands in shell history.",
+        ),
+    ] = None,
     cvc: Annotated[
         str | None,
         typer.Option(
             "--cvc",
             help="CVC/CVV. Leave it out to type it at a hidden prompt (or pipe it on "
-            "standard input): on the command line it lands in your shell history.",
+            "standard input, after the card number if --card is left out too).",
         ),
     ] = None,
     invoice: Annotated[
@@ -843,9 +859,14 @@ def pay(
         ),
     ] = False,
     language: Annotated[
-        Language,
-        typer.Option(case_sensitive=False, help="Language of the pages.", rich_help_panel=_ORDER),
-    ] = Language.RUS,
+        str,
+        typer.Option(
+            metavar="rus|kaz|eng",
+            callback=_one_of("rus", "kaz", "eng"),
+            help="Language of the pages.",
+            rich_help_panel=_ORDER,
+        ),
+    ] = "rus",
     wait_timeout: Annotated[
         float,
         typer.Option(
@@ -860,7 +881,7 @@ def pay(
         bool,
         typer.Option(
             "--no-wait",
-            help="Do not wait for 3-D Secure: print the transaction ID, ACS address, PaReq "
+            help="Do not wait for 3-D Secure: print the payment with its ACS address, PaReq "
             "and MD, and exit with status 3.",
             rich_help_panel=_3DS,
         ),
@@ -871,10 +892,19 @@ def pay(
             "--listen-port",
             min=0,
             max=65535,
-            help="Port on 127.0.0.1 for the 3-D Secure page (0: any free port).",
+            help="Port on 127.0.0.1 for the 3-D Secure page (0: any free port). Opened "
+            "before paying: if it is in use, the command fails (exit status 1) and pays "
+            "nothing.",
             rich_help_panel=_3DS,
         ),
     ] = 0,
+    url: Url = DEFAULT_URL,
+    env: Env = None,
+    client_id: ClientId = _SANDBOX.client_id,
+    client_secret: ClientSecret = _SANDBOX.client_secret,
+    terminal: TerminalId = _SANDBOX.terminal_id,
+    timeout: Timeout = 30.0,
+    as_json: AsJson = False,
 ) -> None:
     """Pay with a card (token, cryptogram, cryptopay) and print the result.
 
@@ -884,24 +914,13 @@ def pay(
 
     The card number and the CVC are never printed: only the card's mask.
     """
-    from pydantic import ValidationError
-
-    from tolem.client import EpayError, PaymentRequest
-
+    conn = Connection.from_options(ctx)
     total = parse_amount(amount)
     invoice_id = invoice.strip() if invoice is not None else _random_invoice()
     if not re.fullmatch(r"[0-9]{6,15}", invoice_id):
         raise typer.BadParameter("must be 6 to 15 digits", param_hint="--invoice")
     if not re.fullmatch(r"[A-Za-z]{3}", currency.strip()):
         raise typer.BadParameter("must be a three-letter code, e.g. KZT", param_hint="--currency")
-    if cvc is None:
-        cvc = read_cvc()
-        if not cvc:
-            raise typer.BadParameter(
-                "no CVC given: type it at the prompt or pipe it on standard input",
-                param_hint="--cvc",
-            )
-    card_data = parse_card(card, exp, cvc)
     try:
         order = PaymentRequest(
             invoice_id=invoice_id,
@@ -916,45 +935,61 @@ def pay(
             failure_post_link=failure_post_link,
             secret_hash=secret_hash,
             card_save=card_save,
-            language=language.value,
+            language=language,
         )
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise typer.BadParameter(problems) from None
-    with conn.client() as client:
-        try:
-            payment = client.pay(order, card_data)
-        except EpayError as exc:
-            fail(conn, Failure.of(exc))
-        if payment.needs_3ds:
-            if no_wait:
-                show_pending(conn, payment)
-            payment = wait_for_3ds(
-                conn,
-                client,
-                payment,
-                language=language.value,
-                listen_port=listen_port,
-                wait_timeout=wait_timeout,
-            )
+    if card is None and not (card := read_secret("Card number")):
+        raise typer.BadParameter(
+            "no card number given: type it at the prompt or pipe it on standard input",
+            param_hint="--card",
+        )
+    if cvc is None and not (cvc := read_secret("CVC")):
+        raise typer.BadParameter(
+            "no CVC given: type it at the prompt or pipe it on standard input",
+            param_hint="--cvc",
+        )
+    card_data = parse_card(card, exp, cvc)
+    server = None if no_wait else listen(conn, listen_port)
+    try:
+        with conn.client() as client:
+            try:
+                payment = client.pay(order, card_data)
+            except EpayError as exc:
+                fail(conn, Failure.of(exc, invoice_id=invoice_id))
+            if payment.needs_3ds:
+                if server is None:
+                    show_pending(conn, payment)
+                payment = wait_for_3ds(
+                    conn, client, server, payment, language=language, wait_timeout=wait_timeout
+                )
+    finally:
+        if server is not None:
+            server.server_close()
     show_payment(conn, payment)
 
 
-@app.command()
-@with_connection
+@app.command(**_COMMAND)
 def status(
-    conn: Connection,
-    invoice: Annotated[str, typer.Argument(help="The shop's invoice ID.")],
+    ctx: typer.Context,
+    invoice: Annotated[str, typer.Argument(metavar="INVOICE", help="The shop's invoice ID.")],
+    url: Url = DEFAULT_URL,
+    env: Env = None,
+    client_id: ClientId = _SANDBOX.client_id,
+    client_secret: ClientSecret = _SANDBOX.client_secret,
+    terminal: TerminalId = _SANDBOX.terminal_id,
+    timeout: Timeout = 30.0,
+    as_json: AsJson = False,
 ) -> None:
     """The newest payment of an invoice: status, amount, reason, card mask, reference."""
-    from tolem.client import EpayError
-
+    conn = Connection.from_options(ctx)
     invoice_id = _required(invoice, "INVOICE")
     with conn.client() as client:
         try:
             tx = client.status(invoice_id)
         except EpayError as exc:
-            fail(conn, Failure.of(exc))
+            fail(conn, Failure.of(exc, invoice_id=invoice_id))
     show_transaction(conn, tx)
 
 
@@ -966,61 +1001,74 @@ _OperationAmount = Annotated[
 ]
 
 
-@app.command()
-@with_connection
+@app.command(**_COMMAND)
 def charge(
-    conn: Connection, transaction_id: _TransactionId, amount: _OperationAmount = None
+    ctx: typer.Context,
+    transaction_id: _TransactionId,
+    amount: _OperationAmount = None,
+    url: Url = DEFAULT_URL,
+    env: Env = None,
+    client_id: ClientId = _SANDBOX.client_id,
+    client_secret: ClientSecret = _SANDBOX.client_secret,
+    terminal: TerminalId = _SANDBOX.terminal_id,
+    timeout: Timeout = 30.0,
+    as_json: AsJson = False,
 ) -> None:
     """Charge an authorized (AUTH) payment, in full or in part."""
-    _operation(conn, "charge", transaction_id, amount)
+    conn = Connection.from_options(ctx)
+    part = parse_amount(amount) if amount is not None else None
+    with conn.client() as client:
+        _operation(conn, "charge", transaction_id, functools.partial(client.charge, amount=part))
 
 
-@app.command()
-@with_connection
-def cancel(conn: Connection, transaction_id: _TransactionId) -> None:
+@app.command(**_COMMAND)
+def cancel(
+    ctx: typer.Context,
+    transaction_id: _TransactionId,
+    url: Url = DEFAULT_URL,
+    env: Env = None,
+    client_id: ClientId = _SANDBOX.client_id,
+    client_secret: ClientSecret = _SANDBOX.client_secret,
+    terminal: TerminalId = _SANDBOX.terminal_id,
+    timeout: Timeout = 30.0,
+    as_json: AsJson = False,
+) -> None:
     """Cancel an authorized (AUTH) payment: releases the whole amount."""
-    _operation(conn, "cancel", transaction_id)
+    conn = Connection.from_options(ctx)
+    with conn.client() as client:
+        _operation(conn, "cancel", transaction_id, client.cancel)
 
 
-@app.command()
-@with_connection
+@app.command(**_COMMAND)
 def refund(
-    conn: Connection,
+    ctx: typer.Context,
     transaction_id: _TransactionId,
     amount: _OperationAmount = None,
     external_id: Annotated[
         str | None, typer.Option("--external-id", help="Your ID for this refund.")
     ] = None,
+    url: Url = DEFAULT_URL,
+    env: Env = None,
+    client_id: ClientId = _SANDBOX.client_id,
+    client_secret: ClientSecret = _SANDBOX.client_secret,
+    terminal: TerminalId = _SANDBOX.terminal_id,
+    timeout: Timeout = 30.0,
+    as_json: AsJson = False,
 ) -> None:
     """Refund a charged (CHARGE) payment, in full or in part."""
-    _operation(conn, "refund", transaction_id, amount, external_id)
-
-
-def _required(value: str, what: str) -> str:
-    if not value.strip():
-        raise typer.BadParameter("must not be empty", param_hint=what)
-    return value.strip()
+    conn = Connection.from_options(ctx)
+    part = parse_amount(amount) if amount is not None else None
+    with conn.client() as client:
+        run = functools.partial(client.refund, amount=part, external_id=external_id or None)
+        _operation(conn, "refund", transaction_id, run)
 
 
 def _operation(
-    conn: Connection,
-    kind: str,
-    transaction_id: str,
-    amount: str | None = None,
-    external_id: str | None = None,
+    conn: Connection, kind: str, transaction_id: str, run: Callable[[str], OperationResult]
 ) -> None:
-    from tolem.client import EpayError
-
     tx_id = _required(transaction_id, "ID")
-    part = parse_amount(amount) if amount is not None else None
-    with conn.client() as client:
-        try:
-            if kind == "charge":
-                result = client.charge(tx_id, part)
-            elif kind == "cancel":
-                result = client.cancel(tx_id)
-            else:
-                result = client.refund(tx_id, part, external_id=external_id or None)
-        except EpayError as exc:
-            fail(conn, Failure.of(exc, tx_id))
+    try:
+        result = run(tx_id)
+    except EpayError as exc:
+        fail(conn, Failure.of(exc, tx_id))
     show_operation(conn, kind, tx_id, result)
