@@ -281,3 +281,4 @@ def main() -> None:
 # The commands of other modules register themselves on ``app`` when imported.
 from tolem.cli import notifications as _notifications  # noqa: E402, F401
 from tolem.cli import payments as _payments  # noqa: E402, F401
+from tolem.cli import users as _users  # noqa: E402, F401

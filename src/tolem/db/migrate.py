@@ -48,6 +48,7 @@ def upgrade(db: Database, revision: str = "head") -> None:
 
 def prepare_database(db: Database, *, sandbox: bool) -> None:
     """Bring the schema to head and, in sandbox mode, seed the test merchant."""
+    from tolem.cabinet.users import SANDBOX_EMAIL, seed_sandbox_user
     from tolem.merchants.service import seed_sandbox
 
     upgrade(db)
@@ -56,3 +57,5 @@ def prepare_database(db: Database, *, sandbox: bool) -> None:
             serialise(session.connection())
             if seed_sandbox(session):
                 log.info("seeded ePay's public test merchant (ClientID 'test')")
+            if seed_sandbox_user(session):
+                log.info("seeded ePay's sandbox cabinet login (%s)", SANDBOX_EMAIL)

@@ -1,0 +1,1 @@
+"""The merchant cabinet (issue 8): users, passwords, sessions; pages come later."""

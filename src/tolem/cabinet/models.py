@@ -1,0 +1,29 @@
+"""Cabinet users and their login sessions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tolem.db.base import Base, UTCDateTime, new_id, utcnow
+
+
+class CabinetUser(Base):
+    """A person who logs in to a merchant's cabinet; every query is scoped to that
+    merchant."""
+
+    __tablename__ = "cabinet_users"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"), index=True)
+    # Lower-cased and trimmed, so one address is one account.
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    # tolem.cabinet.passwords: scrypt with its parameters; never the password.
+    password_hash: Mapped[str] = mapped_column(String(200))
+    # Wrong passwords in a row; at the limit the account locks until locked_until.
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
