@@ -480,7 +480,7 @@ def test_worker_stops_politely_mid_delivery_and_a_restart_finishes(
     own_gateway: Gateway, tmp_path: Path
 ) -> None:
     gw = own_gateway
-    slow = 0.8
+    slow = 0.4  # well inside TIMEOUT: a loaded machine must not turn it into a retry
     with (
         running_receiver(slow_seconds=slow) as receiver,
         workers_for(gw, tmp_path, receiver) as workers,
