@@ -80,6 +80,24 @@ class Gateway:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The ``tolem`` command against this gateway's database and data dir (its keys)."""
+        env = {
+            **os.environ,
+            "TOLEM_DATABASE_URL": self.database_url,
+            "TOLEM_DATA_DIR": str(self.data_dir),
+            "TOLEM_POSTLINK_WORKER": "false",
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "tolem", *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+            check=False,
+        )
+
 
 @contextmanager
 def start_gateway(

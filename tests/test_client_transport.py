@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -501,20 +499,7 @@ def fresh_path() -> str:
 
 
 def tolem_cli(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "TOLEM_DATABASE_URL": gw.database_url,
-        "TOLEM_DATA_DIR": str(gw.data_dir),
-        "TOLEM_POSTLINK_WORKER": "false",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "tolem", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    return gw.cli(*args)
 
 
 def test_a_delivered_postlink_parses_and_its_secret_hash_checks(

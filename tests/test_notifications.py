@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -238,21 +236,7 @@ def detail(client: httpx.Client, tok: str, notification_id: str) -> dict[str, An
 
 
 def tolem(gw: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    """The CLI against this gateway's database and data dir (its card key)."""
-    env = {
-        **os.environ,
-        "TOLEM_DATABASE_URL": gw.database_url,
-        "TOLEM_DATA_DIR": str(gw.data_dir),
-        "TOLEM_POSTLINK_WORKER": "false",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "tolem", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    return gw.cli(*args)
 
 
 def is_number(value: Any) -> bool:
