@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tolem import __version__, wire
 from tolem.apidocs import install_docs
+from tolem.cabinet.web import router as cabinet_router
 from tolem.cards.endpoints import router as cards_router
 from tolem.config import Settings
 from tolem.errors import install_handlers
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.include_router(api_router(), prefix="/api", include_in_schema=False)
     app.include_router(secure3d_pages)
     app.include_router(payform_router)
+    app.include_router(cabinet_router)
     # Shops call the token endpoint and the API from browser pages.
     app.add_middleware(Idempotency)  # inside the body limit: bodies are already bounded
     app.add_middleware(

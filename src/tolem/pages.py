@@ -76,6 +76,29 @@ TEXT: dict[str, dict[str, str]] = {
         "three_ds_title": "Нужно подтверждение 3-D Secure",
         "not_found_title": "Платёж не найден",
         "try_again": "Исправьте данные карты и попробуйте снова.",
+        "cab_title": "Кабинет магазина",
+        "cab_login_title": "Вход в кабинет",
+        "cab_email": "Email",
+        "cab_password": "Пароль",
+        "cab_login": "Войти",
+        "cab_wrong": "Неверный email или пароль",
+        "cab_locked": "Учётная запись заблокирована после трёх неверных паролей; "
+        "попробуйте снова после {time} UTC",
+        "cab_logout": "Выйти",
+        "cab_transactions": "Транзакции",
+        "cab_date": "Дата (UTC)",
+        "cab_invoice": "Номер заказа",
+        "cab_status": "Статус",
+        "cab_all_statuses": "Все статусы",
+        "cab_filter": "Найти",
+        "cab_reset": "Сбросить",
+        "cab_older": "Более ранние →",
+        "cab_newest": "← К последним",
+        "cab_empty": "Транзакций нет.",
+        "cab_forbidden_title": "Запрос отклонён",
+        "cab_forbidden_text": "Страница устарела или запрос пришёл с другого сайта. "
+        "Откройте страницу заново.",
+        "cab_back": "Вернуться в кабинет",
     },
     "kk": {
         "acs_title": "Төлемді растау",
@@ -184,7 +207,35 @@ TEXT: dict[str, dict[str, str]] = {
         "three_ds_title": "3-D Secure confirmation needed",
         "not_found_title": "Payment not found",
         "try_again": "Correct the card details and try again.",
+        "cab_title": "Merchant cabinet",
+        "cab_login_title": "Log in to the cabinet",
+        "cab_email": "Email",
+        "cab_password": "Password",
+        "cab_login": "Log in",
+        "cab_wrong": "Wrong email or password",
+        "cab_locked": "Account locked after three wrong passwords; try again after {time} UTC",
+        "cab_logout": "Log out",
+        "cab_transactions": "Transactions",
+        "cab_date": "Date (UTC)",
+        "cab_invoice": "Invoice",
+        "cab_status": "Status",
+        "cab_all_statuses": "All statuses",
+        "cab_filter": "Filter",
+        "cab_reset": "Reset",
+        "cab_older": "Older →",
+        "cab_newest": "← Newest",
+        "cab_empty": "No transactions.",
+        "cab_forbidden_title": "Request refused",
+        "cab_forbidden_text": "The page has expired or the request came from another site. "
+        "Open the page again.",
+        "cab_back": "Back to the cabinet",
     },
+}
+
+# The cabinet speaks Russian and English for now; Kazakh pages show its Russian texts.
+TEXT["kk"] = {
+    **{key: text for key, text in TEXT["ru"].items() if key.startswith("cab_")},
+    **TEXT["kk"],
 }
 
 

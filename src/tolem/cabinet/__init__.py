@@ -1,1 +1,1 @@
-"""The merchant cabinet (issue 8): users, passwords, sessions; pages come later."""
+"""The merchant cabinet (issue 8): users, passwords, sessions and the web pages."""

@@ -27,3 +27,19 @@ class CabinetUser(Base):
     locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class CabinetSession(Base):
+    """A logged-in browser. The cookie carries a random token; only its SHA-256 is kept
+    here (the id), so a copy of this table opens no session."""
+
+    __tablename__ = "cabinet_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("cabinet_users.id"), index=True)
+    # Every POST of this session carries it (a hidden field).
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # created_at + the absolute lifetime; the idle timeout counts from last_seen_at.
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

@@ -1,6 +1,6 @@
 """Every table, imported in one place so that metadata and migrations see them all."""
 
-from tolem.cabinet.models import CabinetUser
+from tolem.cabinet.models import CabinetSession, CabinetUser
 from tolem.cards.models import SavedCard
 from tolem.db.base import Base
 from tolem.idempotency import IdempotencyKey
@@ -12,6 +12,7 @@ from tolem.processor.simulator import AcsSession, LedgerEntry
 __all__ = [
     "AcsSession",
     "Base",
+    "CabinetSession",
     "CabinetUser",
     "DeliveryAttempt",
     "IdempotencyKey",

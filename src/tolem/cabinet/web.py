@@ -1,0 +1,370 @@
+"""The merchant cabinet's pages (issue 8, first slice).
+
+    GET  /cabinet/login          the login form (?lang=ru|en, remembered in a cookie)
+    POST /cabinet/login          check the password: a session, or the form again
+    POST /cabinet/logout         end the session
+    GET  /cabinet/               to the transactions
+    GET  /cabinet/transactions   the merchant's payments, newest first, filterable
+
+A session lives on the server (tolem.cabinet.sessions); the ``tolem_cabinet`` cookie
+carries only its token: HttpOnly, SameSite=Strict, Path=/cabinet, Secure over https.
+Every POST checks a CSRF token (the session's, or at login a double-submit cookie) and
+that an Origin header, if sent, is this gateway's own. Every query is scoped to the
+logged-in user's merchant.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlencode, urlsplit
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy import and_, or_, select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.responses import RedirectResponse, Response
+
+from tolem.cabinet.sessions import end_session, find_session, start_session
+from tolem.cabinet.users import LoginResult, log_in
+from tolem.merchants.models import Merchant
+from tolem.pages import render
+from tolem.payments.models import Status, Transaction
+from tolem.runtime import Runtime, runtime
+
+log = logging.getLogger("tolem.cabinet")
+
+router = APIRouter(include_in_schema=False)
+
+SESSION_COOKIE = "tolem_cabinet"
+LOGIN_COOKIE = "tolem_cabinet_login"
+LANG_COOKIE = "tolem_cabinet_lang"
+COOKIE_PATH = "/cabinet"
+LANGUAGES = ("ru", "en")
+#: Transactions per page, and the most a ``?limit=`` may ask for.
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+STATUSES = [status.value for status in Status]
+
+_PAGE = {"form_action": "'self'", "frame_ancestors": "'none'"}
+
+
+# --- requests ------------------------------------------------------------------------
+
+
+def _secure(rt: Runtime, request: Request) -> bool:
+    return request.url.scheme == "https" or rt.settings.public_base_url.startswith("https")
+
+
+def _set_cookie(
+    response: Response, rt: Runtime, request: Request, name: str, value: str, max_age: int | None
+) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path=COOKIE_PATH,
+        secure=_secure(rt, request),
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def _forget(response: Response, rt: Runtime, request: Request, name: str) -> None:
+    response.delete_cookie(
+        name,
+        path=COOKIE_PATH,
+        secure=_secure(rt, request),
+        httponly=True,
+        samesite="strict",
+    )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
+
+
+def _same_origin(rt: Runtime, request: Request) -> bool:
+    """No Origin header (older browsers, curl), or this gateway's own origin: the public
+    one, or the one the request was addressed to (its Host header). ``Origin: null``
+    (sandboxed frames, some redirects) is refused, and so is a browser's own word that
+    the request came from another site (Sec-Fetch-Site)."""
+    if request.headers.get("sec-fetch-site", "same-origin") in ("cross-site", "same-site"):
+        return False
+    sent = request.headers.get("origin")
+    if sent is None:
+        return True
+    own = {_origin(rt.settings.effective_public_base_url)}
+    host = request.headers.get("host")
+    if host:
+        own.add(f"{request.url.scheme}://{host}".lower())
+    return sent.strip().lower() in own
+
+
+def _same(a: str, b: str) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
+
+
+async def _form(request: Request) -> dict[str, str]:
+    form = await request.form(max_files=0, max_fields=16)
+    return {k: v[:2048] for k, v in form.multi_items() if not isinstance(v, UploadFile)}
+
+
+def _lang(request: Request) -> tuple[str, bool]:
+    """The page language and whether it was just chosen (then the cookie remembers it)."""
+    chosen = request.query_params.get("lang", "")
+    if chosen in LANGUAGES:
+        return chosen, True
+    remembered = request.cookies.get(LANG_COOKIE, "")
+    return (remembered if remembered in LANGUAGES else "ru"), False
+
+
+def _page(
+    rt: Runtime, request: Request, template: str, *, status_code: int = 200, **context: Any
+) -> Response:
+    lang, chosen = _lang(request)
+    response = render(
+        template, lang=lang, status_code=status_code, languages=LANGUAGES, **_PAGE, **context
+    )
+    # Chromium sends "Origin: null" with every POST of a no-referrer page; same-origin
+    # keeps the Origin check working and still tells other sites nothing.
+    response.headers["Referrer-Policy"] = "same-origin"
+    if chosen:
+        _set_cookie(response, rt, request, LANG_COOKIE, lang, 365 * 24 * 3600)
+    return response
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
+
+
+def _to_login(rt: Runtime, request: Request) -> Response:
+    response = _redirect("/cabinet/login")
+    if SESSION_COOKIE in request.cookies:
+        _forget(response, rt, request, SESSION_COOKIE)
+    return response
+
+
+def _forbidden(rt: Runtime, request: Request) -> Response:
+    return _page(rt, request, "cabinet_error.html", status_code=403, user=None)
+
+
+@dataclass(frozen=True)
+class _Who:
+    email: str
+    merchant_id: str
+    merchant_name: str
+    csrf: str
+
+
+def _who(rt: Runtime, token: str | None) -> _Who | None:
+    with rt.db.write() as session:
+        found = find_session(session, token)
+        if found is None:
+            return None
+        row, user = found
+        merchant = session.get(Merchant, user.merchant_id)
+        return _Who(
+            email=user.email,
+            merchant_id=user.merchant_id,
+            merchant_name=merchant.name if merchant else "",
+            csrf=row.csrf_token,
+        )
+
+
+# --- login and logout ----------------------------------------------------------------
+
+
+def _login_page(
+    rt: Runtime,
+    request: Request,
+    *,
+    status_code: int = 200,
+    error: str = "",
+    email: str = "",
+    locked_until: str = "",
+) -> Response:
+    # One token per browser, kept while it stays: two open login tabs both work.
+    token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
+    response = _page(
+        rt,
+        request,
+        "cabinet_login.html",
+        status_code=status_code,
+        user=None,
+        csrf=token,
+        error=error,
+        email=email,
+        locked_until=locked_until,
+    )
+    _set_cookie(response, rt, request, LOGIN_COOKIE, token, 3600)
+    return response
+
+
+@router.get("/cabinet/login")
+async def login_form(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    if SESSION_COOKIE in request.cookies:
+        who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+        if who is not None:
+            return _redirect("/cabinet/transactions")
+    return _login_page(rt, request)
+
+
+@router.post("/cabinet/login")
+async def login(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    form = await _form(request)
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    if not _same_origin(rt, request) or not _same(form.get("csrf", ""), cookie):
+        return _forbidden(rt, request)
+    email = form.get("email", "")[:254]
+    password = form.get("password", "")[:1025]
+    result, token, locked_until = await run_in_threadpool(_check, rt, email, password)
+    if result is LoginResult.OK and token is not None:
+        response = _redirect("/cabinet/")
+        _set_cookie(response, rt, request, SESSION_COOKIE, token, None)
+        _forget(response, rt, request, LOGIN_COOKIE)
+        return response
+    if result is LoginResult.LOCKED:
+        until = locked_until.strftime("%H:%M") if locked_until else ""
+        return _login_page(
+            rt, request, status_code=423, error="locked", email=email, locked_until=until
+        )
+    return _login_page(rt, request, status_code=401, error="wrong", email=email)
+
+
+def _check(
+    rt: Runtime, email: str, password: str
+) -> tuple[LoginResult, str | None, datetime | None]:
+    """The password check (scrypt: 32 MiB and tens of milliseconds) and, if it passes,
+    the new session; run in the threadpool, never on the event loop."""
+    with rt.db.write() as session:
+        outcome = log_in(session, email, password)
+        if outcome.result is not LoginResult.OK or outcome.user is None:
+            if outcome.result is LoginResult.LOCKED:
+                log.warning("cabinet login refused: account locked")
+            return outcome.result, None, outcome.locked_until
+        token, _row = start_session(session, outcome.user)
+        log.info("cabinet login: %s", outcome.user.email)
+        return outcome.result, token, None
+
+
+@router.post("/cabinet/logout")
+async def logout(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    form = await _form(request)
+    token = request.cookies.get(SESSION_COOKIE)
+    if not _same_origin(rt, request):
+        return _forbidden(rt, request)
+    who = await run_in_threadpool(_who, rt, token)
+    if who is None:
+        return _to_login(rt, request)
+    if not _same(form.get("csrf", ""), who.csrf):
+        return _forbidden(rt, request)
+    await run_in_threadpool(_end, rt, token)
+    return _to_login(rt, request)
+
+
+def _end(rt: Runtime, token: str | None) -> None:
+    with rt.db.write() as session:
+        end_session(session, token)
+
+
+# --- pages ---------------------------------------------------------------------------
+
+
+@router.get("/cabinet")
+@router.get("/cabinet/")
+async def home(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+    if who is None:
+        return _to_login(rt, request)
+    return _redirect("/cabinet/transactions")
+
+
+@dataclass(frozen=True)
+class _Filter:
+    invoice: str
+    status: str
+    limit: int
+    before: tuple[datetime, str] | None
+
+    def query(self, **change: str) -> str:
+        values = {"invoice": self.invoice, "status": self.status}
+        if self.limit != PAGE_SIZE:
+            values["limit"] = str(self.limit)
+        values |= change
+        return urlencode({k: v for k, v in values.items() if v})
+
+
+def _filter(request: Request) -> _Filter:
+    q = request.query_params
+    invoice = q.get("invoice", "").strip()[:64]
+    status = q.get("status", "")
+    if status not in STATUSES:
+        status = ""
+    try:
+        limit = max(1, min(MAX_PAGE_SIZE, int(q.get("limit", PAGE_SIZE))))
+    except ValueError:
+        limit = PAGE_SIZE
+    return _Filter(invoice, status, limit, _cursor(q.get("before", "")))
+
+
+def _cursor(value: str) -> tuple[datetime, str] | None:
+    """``before=<created_at ISO>~<id>``: the last row of the page before."""
+    at, sep, tx_id = value.partition("~")
+    if not sep or not tx_id or len(tx_id) > 36:
+        return None
+    try:
+        moment = datetime.fromisoformat(at)
+    except ValueError:
+        return None
+    return (moment, tx_id) if moment.tzinfo is not None else None
+
+
+def _transactions(rt: Runtime, merchant_id: str, wanted: _Filter) -> tuple[list[Any], str]:
+    """One page of the merchant's transactions, and the cursor of the next (or "")."""
+    stmt = select(Transaction).where(Transaction.merchant_id == merchant_id)
+    if wanted.invoice:
+        stmt = stmt.where(Transaction.invoice_id == wanted.invoice)
+    if wanted.status:
+        stmt = stmt.where(Transaction.status == wanted.status)
+    if wanted.before is not None:
+        at, tx_id = wanted.before
+        stmt = stmt.where(
+            or_(
+                Transaction.created_at < at,
+                and_(Transaction.created_at == at, Transaction.id < tx_id),
+            )
+        )
+    stmt = stmt.order_by(Transaction.created_at.desc(), Transaction.id.desc())
+    with rt.db.read() as session:
+        rows = list(session.scalars(stmt.limit(wanted.limit + 1)))
+    more = len(rows) > wanted.limit
+    rows = rows[: wanted.limit]
+    cursor = f"{rows[-1].created_at.isoformat()}~{rows[-1].id}" if more and rows else ""
+    return rows, cursor
+
+
+@router.get("/cabinet/transactions")
+async def transactions(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+    if who is None:
+        return _to_login(rt, request)
+    wanted = _filter(request)
+    rows, cursor = await run_in_threadpool(_transactions, rt, who.merchant_id, wanted)
+    return _page(
+        rt,
+        request,
+        "cabinet_transactions.html",
+        user=who,
+        csrf=who.csrf,
+        rows=rows,
+        wanted=wanted,
+        statuses=STATUSES,
+        older=f"/cabinet/transactions?{wanted.query(before=cursor)}" if cursor else "",
+        newest=f"/cabinet/transactions?{wanted.query()}" if wanted.before else "",
+    )

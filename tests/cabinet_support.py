@@ -1,0 +1,105 @@
+"""Helpers the cabinet tests share: the CLI against a gateway, fresh users, logging in."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+from typing import Any
+
+import httpx
+
+from tests.support import (
+    CLIENT_ID,
+    Gateway,
+    cryptogram,
+    cryptopay,
+    new_invoice,
+    payment_body,
+    token,
+)
+
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def tolem(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The CLI against this gateway's database and data dir."""
+    env = {
+        **os.environ,
+        "TOLEM_DATABASE_URL": gw.database_url,
+        "TOLEM_DATA_DIR": str(gw.data_dir),
+        "TOLEM_POSTLINK_WORKER": "false",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tolem", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
+    )
+
+
+def new_merchant(gw: Gateway, name: str = "Other shop") -> dict[str, Any]:
+    """``tolem merchant create --json``: clientId, clientSecret, terminalId, merchantId."""
+    created = tolem(gw, "merchant", "create", "--name", name, "--json")
+    assert created.returncode == 0, created.stderr
+    creds: dict[str, Any] = json.loads(created.stdout)
+    return creds
+
+
+def new_user(gw: Gateway, client_id: str = CLIENT_ID, password: str = "right-pass-1") -> str:
+    """``tolem user create`` with the password on stdin; returns the fresh email."""
+    email = f"u{secrets.token_hex(4)}@shop.kz"
+    created = tolem(
+        gw, "user", "create", "--email", email, "--merchant", client_id, stdin=password + "\n"
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    return email
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = CSRF.search(page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+def log_in(client: httpx.Client, email: str, password: str, **headers: str) -> httpx.Response:
+    """Open the login form (its double-submit cookie and field) and post it."""
+    form = client.get("/cabinet/login")
+    assert form.status_code == 200, form.text
+    return client.post(
+        "/cabinet/login",
+        data={"csrf": csrf_of(form), "email": email, "password": password},
+        headers=headers,
+    )
+
+
+def pay_as(
+    gw: Gateway,
+    client: httpx.Client,
+    *,
+    creds: dict[str, Any] | None = None,
+    card: tuple[str, str, str] = ("4405639704015096", "0125", "815"),
+    **extra: Any,
+) -> tuple[str, httpx.Response]:
+    """A payment through the API, by the test merchant or the one ``creds`` names."""
+    invoice = new_invoice()
+    if creds is None:
+        tok = token(client, invoice=invoice)
+        body = payment_body(gw, invoice, card=card, **extra)
+    else:
+        tok = token(
+            client,
+            invoice=invoice,
+            terminal=creds["terminalId"],
+            client_id=creds["clientId"],
+            client_secret=creds["clientSecret"],
+        )
+        body = payment_body(gw, invoice, card=card, **extra)
+        body["cryptogram"] = cryptogram(gw, *card, terminal=creds["terminalId"])
+    return invoice, cryptopay(client, tok["access_token"], body)

@@ -1,0 +1,140 @@
+"""The merchant cabinet in real Chromium: log in, find a payment, a locked account."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, ConsoleMessage, Page
+
+from tests.browser import chromium, screenshot_path
+from tests.cabinet_support import new_user, pay_as
+from tests.support import Gateway
+from tolem.cabinet.users import SANDBOX_EMAIL, SANDBOX_PASSWORD
+
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as b:
+        yield b
+
+
+def _open(browser: Browser, viewport: dict[str, int]) -> tuple[Page, list[str]]:
+    """A page that records CSP violations, console errors and page errors."""
+    page = browser.new_page(viewport=viewport)  # type: ignore[arg-type]
+    problems: list[str] = []
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error" or "Content Security Policy" in message.text:
+            problems.append(message.text)
+
+    page.on("console", console)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    return page, problems
+
+
+def _log_in(page: Page, gw: Gateway, email: str, password: str) -> None:
+    page.goto(f"{gw.base_url}/cabinet/login?lang=en")
+    page.fill("#email", email)
+    page.fill("#password", password)
+    page.click("#submit")
+
+
+def test_log_in_and_find_a_payment_by_its_invoice(
+    gateway: Gateway, browser: Browser, backend: str
+) -> None:
+    with gateway.client() as client:
+        invoice, paid = pay_as(gateway, client, description="Cabinet <b>browser</b> test")
+    assert paid.status_code == 200, paid.text
+    page, problems = _open(browser, DESKTOP)
+    _log_in(page, gateway, SANDBOX_EMAIL, SANDBOX_PASSWORD)
+    page.wait_for_url("**/cabinet/transactions")
+    assert page.locator("h1").inner_text() == "Transactions"
+    assert SANDBOX_EMAIL in page.locator("#who").inner_text()
+    page.fill("#invoice", invoice)
+    page.select_option("#status", "AUTH")
+    page.click("#apply")
+    page.wait_for_url(f"**/cabinet/transactions?invoice={invoice}&status=AUTH")
+    rows = page.locator("#transactions tbody tr")
+    assert rows.count() == 1
+    row = rows.first
+    assert row.get_attribute("data-invoice") == invoice
+    assert row.locator(".invoice").inner_text() == invoice
+    assert row.locator(".num").inner_text() == "100.00 KZT"
+    assert "AUTH" in row.inner_text() and paid.json()["reference"] in row.inner_text()
+    assert "Cabinet <b>browser</b> test" in row.inner_text()  # shown as text, not markup
+    page.screenshot(path=screenshot_path(f"cabinet-transactions-desktop-{backend}"))
+
+    # At phone width the page itself never scrolls sideways; the table does.
+    page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    page.goto(f"{gateway.base_url}/cabinet/transactions")
+    widths = page.evaluate(
+        "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth,"
+        " document.querySelector('.scroll').scrollWidth,"
+        " document.querySelector('.scroll').clientWidth]"
+    )
+    assert widths[0] <= widths[1], widths
+    assert widths[2] > widths[3], widths  # the table is wider and scrolls in its box
+    page.screenshot(path=screenshot_path(f"cabinet-transactions-phone-{backend}"), full_page=True)
+
+    page.click("#logout")
+    page.wait_for_url("**/cabinet/login")
+    page.goto(f"{gateway.base_url}/cabinet/transactions")
+    page.wait_for_url("**/cabinet/login")
+    assert problems == []
+    page.close()
+
+
+def test_three_wrong_passwords_lock_the_account(
+    gateway: Gateway, browser: Browser, backend: str
+) -> None:
+    email = new_user(gateway)
+    page, problems = _open(browser, PHONE)
+    for _ in range(2):
+        _log_in(page, gateway, email, "wrong-pass")
+        page.wait_for_selector("#error")
+        assert page.locator("#error").inner_text() == "Wrong email or password"
+    _log_in(page, gateway, email, "wrong-pass")
+    page.wait_for_selector("#error")
+    locked = page.locator("#error").inner_text()
+    assert locked.startswith("Account locked after three wrong passwords; try again after ")
+    assert locked.endswith(" UTC")
+    _log_in(page, gateway, email, "right-pass-1")
+    page.wait_for_selector("#error")
+    assert page.locator("#error").inner_text() == locked
+    assert page.url.endswith("/cabinet/login")
+    page.screenshot(path=screenshot_path(f"cabinet-locked-phone-{backend}"))
+    page.set_viewport_size(DESKTOP)  # type: ignore[arg-type]
+    page.screenshot(path=screenshot_path(f"cabinet-locked-desktop-{backend}"))
+    # The Russian page, and the chosen language remembered by the next visit.
+    page.goto(f"{gateway.base_url}/cabinet/login?lang=ru")
+    assert page.locator("h1").inner_text() == "Вход в кабинет"
+    page.goto(f"{gateway.base_url}/cabinet/login")
+    assert page.locator("#submit").inner_text() == "Войти"
+    # Chromium reports the 401s and 423s of the refused logins; nothing else.
+    refused = "Failed to load resource: the server responded with a status of "
+    assert [p.removeprefix(refused) for p in problems] == [
+        "401 (Unauthorized)",
+        "401 (Unauthorized)",
+        "423 (Locked)",
+        "423 (Locked)",
+    ]
+    page.close()
+
+
+def test_the_session_cookie_is_out_of_scripts_reach(gateway: Gateway, browser: Browser) -> None:
+    page, problems = _open(browser, DESKTOP)
+    _log_in(page, gateway, SANDBOX_EMAIL, SANDBOX_PASSWORD)
+    page.wait_for_url("**/cabinet/transactions")
+    assert "tolem_cabinet" not in page.evaluate("() => document.cookie")
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "tolem_cabinet"]
+    assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/cabinet")
+    with httpx.Client(base_url=gateway.base_url) as other:
+        bounced = other.get("/cabinet/transactions")
+        assert bounced.headers["location"] == "/cabinet/login"
+    assert problems == []
+    page.close()
