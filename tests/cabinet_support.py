@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import subprocess
-import sys
 from typing import Any
 
 import httpx
@@ -27,21 +25,7 @@ CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 def tolem(gw: Gateway, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     """The CLI against this gateway's database and data dir."""
-    env = {
-        **os.environ,
-        "TOLEM_DATABASE_URL": gw.database_url,
-        "TOLEM_DATA_DIR": str(gw.data_dir),
-        "TOLEM_POSTLINK_WORKER": "false",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "tolem", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    return gw.cli(*args, stdin=stdin)
 
 
 def new_merchant(gw: Gateway, name: str = "Other shop") -> dict[str, Any]:
