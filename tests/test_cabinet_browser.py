@@ -1,15 +1,20 @@
-"""The merchant cabinet in real Chromium: log in, find a payment, a locked account."""
+"""The merchant cabinet in real Chromium: log in, find a payment, open it, charge and
+refund it, a locked account."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page
 
 from tests.browser import chromium, screenshot_path
-from tests.cabinet_support import new_user, pay_as
+from tests.cabinet_support import delivering_gateway, new_user, pay_as
+from tests.receiver import running_receiver
 from tests.support import Gateway
 from tolem.cabinet.users import SANDBOX_EMAIL, SANDBOX_PASSWORD
 
@@ -138,3 +143,66 @@ def test_the_session_cookie_is_out_of_scripts_reach(gateway: Gateway, browser: B
         assert bounced.headers["location"] == "/cabinet/login"
     assert problems == []
     page.close()
+
+
+def test_open_a_payment_charge_and_refund_part_of_it(browser: Browser, tmp_path: Path) -> None:
+    with running_receiver() as receiver, delivering_gateway(tmp_path) as gw:
+        link = receiver.url(f"/ok/{uuid.uuid4().hex}")
+        with gw.client() as client:
+            invoice, paid = pay_as(gw, client, postLink=link, description="Order <b>42</b>")
+        assert paid.status_code == 200, paid.text
+        tx_id = paid.json()["id"]
+        page, problems = _open(browser, DESKTOP)
+        _log_in(page, gw, SANDBOX_EMAIL, SANDBOX_PASSWORD)
+        page.wait_for_url("**/cabinet/transactions")
+        page.fill("#invoice", invoice)
+        page.click("#apply")
+        page.wait_for_url(f"**/cabinet/transactions?invoice={invoice}&status=")
+        page.click(f"#transactions a[href='/cabinet/transactions/{tx_id}']")
+        page.wait_for_url(f"**/cabinet/transactions/{tx_id}")
+        assert page.locator("#f-invoice").inner_text() == invoice
+        assert page.locator("#f-description").inner_text() == "Order <b>42</b>"
+        assert page.locator("#status").inner_text() == "AUTH"
+
+        page.fill("#charge-amount", "100")
+        page.click("#charge")
+        page.wait_for_selector("#question")
+        assert page.locator("#question").inner_text() == "Confirm charge of 100.00 KZT?"
+        page.click("#confirm")
+        page.wait_for_selector("#message")
+        assert page.locator("#message").inner_text() == "Charged 100.00 KZT"
+        assert page.locator("#status").inner_text() == "CHARGE"
+
+        page.fill("#refund-amount", "30")
+        page.click("#refund")
+        page.wait_for_selector("#question")
+        assert page.locator("#question").inner_text() == "Confirm refund of 30.00 KZT?"
+        page.click("#confirm")
+        page.wait_for_selector("#message")
+        assert page.locator("#message").inner_text() == "Refunded 30.00 KZT"
+        assert page.locator("#f-refunded").inner_text() == "30.00 KZT"
+        assert page.locator("#history tbody tr").last.get_attribute("data-kind") == "refund"
+        assert page.locator("#refund-amount").input_value() == "70.00"
+
+        # The refund's postLink arrives, and its attempt shows after a reload.
+        receiver.wait_for(link.removeprefix(receiver.base_url), 3)
+        refund = page.locator("section.postlink[data-event='refund']")
+        deadline = time.monotonic() + 20
+        while refund.locator("tr[data-outcome='delivered']").count() == 0:
+            assert time.monotonic() < deadline, page.content()
+            page.wait_for_timeout(50)
+            page.reload()
+        row = refund.locator("tr[data-outcome='delivered']").first
+        assert row.get_attribute("data-http") == "200"
+        assert "200 (delivered)" in row.inner_text() and " ms" in row.inner_text()
+        page.screenshot(path=screenshot_path("cabinet-transaction-desktop"), full_page=True)
+
+        page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+        page.reload()
+        widths = page.evaluate(
+            "() => [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+        )
+        assert widths[0] <= widths[1], widths
+        page.screenshot(path=screenshot_path("cabinet-transaction-phone"), full_page=True)
+        assert problems == []
+        page.close()

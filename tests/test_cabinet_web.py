@@ -1,19 +1,36 @@
-"""The merchant cabinet over HTTP (issue 8, first slice): login, sessions, CSRF, the
-transactions list, on SQLite and PostgreSQL."""
+"""The merchant cabinet over HTTP (issue 8): login, sessions, CSRF, the transactions
+list, one transaction's page and its charge, cancel and refund, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import re
+import time
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy import select, update
 
-from tests.cabinet_support import csrf_of, log_in, new_merchant, new_user, pay_as
-from tests.support import Gateway
+from tests.cabinet_support import (
+    api_status,
+    ask,
+    confirm_fields,
+    csrf_of,
+    delivering_gateway,
+    log_in,
+    new_merchant,
+    new_user,
+    operate,
+    pay_as,
+)
+from tests.receiver import running_receiver
+from tests.support import Gateway, query
+from tests.support import token as api_token
 from tolem.cabinet.models import CabinetSession
 from tolem.cabinet.sessions import IDLE_TIMEOUT, session_id
 from tolem.cabinet.users import SANDBOX_EMAIL, SANDBOX_PASSWORD
@@ -314,3 +331,318 @@ def test_an_expired_or_idle_session_is_refused_and_deleted(
         with database.read() as session:
             assert session.get(CabinetSession, session_id(cookie)) is None
         user.close()
+
+
+# --- one transaction, and operations (issue 8, second slice) ----------------------------
+
+
+def english(
+    gw: Gateway, email: str = SANDBOX_EMAIL, password: str = SANDBOX_PASSWORD
+) -> httpx.Client:
+    user = logged_in(gw, email, password)
+    assert user.get("/cabinet/transactions", params={"lang": "en"}).status_code == 200
+    return user
+
+
+def api_operate(client: httpx.Client, tx_id: str, kind: str, **params: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {api_token(client)['access_token']}"}
+    return client.post(f"/operation/{tx_id}/{kind}", headers=headers, params=params)
+
+
+def rows_of(page: httpx.Response, table: str) -> list[str]:
+    found = re.search(rf'<table id="{table}".*?</table>', page.text, re.S)
+    assert found is not None, page.text
+    return re.findall(r'<tr data-kind="([^"]*)"', found.group(0))
+
+
+def flash(response: httpx.Response, user: httpx.Client) -> str:
+    """Follow a 303 back to the detail page; its message."""
+    assert response.status_code == 303, response.text
+    page = user.get(response.headers["location"])
+    assert page.status_code == 200, page.text
+    found = re.search(r'id="message"[^>]*>([^<]*)<', page.text)
+    assert found is not None, page.text
+    return found.group(1)
+
+
+def test_the_detail_page_shows_fields_history_operations_and_postlinks(
+    gateway: Gateway, client: httpx.Client
+) -> None:
+    invoice, paid = pay_as(gateway, client, description="Детали <i>заказа</i>")
+    assert paid.status_code == 200, paid.text
+    tx_id = paid.json()["id"]
+    charged = api_operate(client, tx_id, "charge", amount="60")
+    assert charged.status_code == 200, charged.text
+    user = english(gateway)
+    listing = user.get("/cabinet/transactions", params={"invoice": invoice})
+    assert f'<a href="/cabinet/transactions/{tx_id}">{invoice}</a>' in listing.text
+    page = user.get(f"/cabinet/transactions/{tx_id}")
+    assert page.status_code == 200, page.text
+    assert page.headers["cache-control"] == "no-store"
+    assert "frame-ancestors 'none'" in page.headers["content-security-policy"]
+    body = paid.json()
+    for field, value in (
+        ("invoice", invoice),
+        ("amount", "100.00 KZT"),
+        ("charged", "60.00 KZT"),
+        ("refunded", "0.00 KZT"),
+        ("status", "CHARGE"),
+        ("reference", body["reference"]),
+        ("approval", body["approvalCode"]),
+        ("reason-code", "0"),
+        ("secure", "no"),
+        ("account", "uuid000001"),
+        ("email", "jj@example.com"),
+        ("phone", "77777777777"),
+        ("description", "Детали &lt;i&gt;заказа&lt;/i&gt;"),
+    ):
+        assert f'<dd id="f-{field}">{value}</dd>' in page.text, field
+    assert "440563...5096" in page.text and "<i>заказа" not in page.text
+    history = rows_of(page, "history")
+    assert history[-1] == "charge" and len(history) >= 2, history
+    assert rows_of(page, "operations") == ["charge"]
+    assert 'data-state="done"' in page.text and charged.json()["reference"] in page.text
+    events = re.findall(r'<section class="postlink" data-event="([^"]*)"', page.text)
+    assert events == ["payment", "charge"]
+    assert "https://testmerchant/order/1123" in page.text
+    assert "No attempt yet." in page.text  # this gateway sends nothing
+    # CHARGE with 60 left: only the refund form, offering what is left.
+    assert 'id="refund-amount" name="amount" value="60.00"' in page.text
+    assert 'id="charge-form"' not in page.text and 'id="cancel-form"' not in page.text
+    user.close()
+
+
+def test_postlink_attempts_are_shown(tmp_path: Path) -> None:
+    with running_receiver() as receiver, delivering_gateway(tmp_path) as gw, gw.client() as c:
+        link = receiver.url(f"/ok/{uuid.uuid4().hex}")
+        failing = receiver.url(f"/status/500/{uuid.uuid4().hex}")
+        _, paid = pay_as(gw, c, postLink=link, failurePostLink=failing)
+        assert paid.status_code == 200, paid.text
+        receiver.wait_for(link.removeprefix(receiver.base_url))
+        user = english(gw)
+        deadline = time.monotonic() + 20
+        while True:
+            page = user.get(f"/cabinet/transactions/{paid.json()['id']}")
+            if 'data-outcome="delivered" data-http="200"' in page.text:
+                break
+            assert time.monotonic() < deadline, page.text
+            time.sleep(0.05)
+        assert re.search(r'data-event="payment" data-state="delivered"', page.text)
+        assert re.search(
+            r"<td>1</td><td>[-0-9 :]+</td><td class=\"text\">200 \(delivered\)", page.text
+        )
+        assert re.search(r'<td class="num">\d+ ms</td>', page.text)
+        # An operation from the cabinet is announced like one from the API.
+        _, done = operate(user, paid.json()["id"], "charge", "100")
+        assert flash(done, user) == "Charged 100.00 KZT"
+        assert [
+            r.json()["code"] for r in receiver.wait_for(link.removeprefix(receiver.base_url), 2)
+        ] == ["ok", "ok"]
+        user.close()
+
+
+def test_another_merchants_transaction_is_not_found(gateway: Gateway, client: httpx.Client) -> None:
+    creds = new_merchant(gateway)
+    theirs, paid = pay_as(gateway, client, creds=creds, description="their-secret-order")
+    assert paid.status_code == 200, paid.text
+    tx_id = paid.json()["id"]
+    user = english(gateway)
+    csrf = csrf_of(user.get("/cabinet/transactions"))
+    for url in (tx_id, str(uuid.uuid4()), "x" * 80, "%00"):
+        page = user.get(f"/cabinet/transactions/{url}")
+        assert page.status_code == 404, url
+        assert "Transaction not found" in page.text
+    answers = [
+        user.get(f"/cabinet/transactions/{tx_id}"),
+        user.post(f"/cabinet/transactions/{tx_id}/cancel", data={"csrf": csrf}),
+        user.post(f"/cabinet/transactions/{tx_id}/charge", data={"csrf": csrf, "amount": "100"}),
+        user.post(
+            f"/cabinet/transactions/{tx_id}/cancel/confirm",
+            data={"csrf": csrf, "confirmation": "0" * 64},
+        ),
+    ]
+    for answer in answers:
+        assert answer.status_code == 404
+        for secret in (theirs, "their-secret-order", paid.json()["reference"], "AUTH"):
+            assert secret not in answer.text
+    [row] = query(gateway.database_url, "SELECT status FROM transactions WHERE id = :t", t=tx_id)
+    assert row.status == "AUTH"
+    user.close()
+
+
+def test_charge_then_partial_refund_through_the_cabinet(
+    gateway: Gateway, client: httpx.Client
+) -> None:
+    invoice, paid = pay_as(gateway, client)
+    assert paid.status_code == 200, paid.text
+    tx_id = paid.json()["id"]
+    user = english(gateway)
+    page = user.get(f"/cabinet/transactions/{tx_id}")
+    assert 'id="charge-amount" name="amount" value="100.00"' in page.text
+    assert 'id="cancel-form"' in page.text and 'id="refund-form"' not in page.text
+
+    question, done = operate(user, tx_id, "charge", "80")
+    assert "Confirm charge of 80.00 KZT?" in question.text
+    assert api_status(client, invoice)["statusName"] == "CHARGE"
+    assert flash(done, user) == "Charged 80.00 KZT"
+
+    question, done = operate(user, tx_id, "refund", "30,00")
+    assert "Confirm refund of 30.00 KZT?" in question.text
+    assert flash(done, user) == "Refunded 30.00 KZT"
+    status = api_status(client, invoice)
+    assert (status["statusName"], status["payoutAmount"]) == ("CHARGE", 50)
+    # The same confirmation again does nothing: the transaction has changed since.
+    again = user.post(
+        f"/cabinet/transactions/{tx_id}/refund/confirm", data=confirm_fields(question)
+    )
+    assert again.status_code == 400 and "The confirmation does not match" in again.text
+    assert api_status(client, invoice)["payoutAmount"] == 50
+
+    page = user.get(f"/cabinet/transactions/{tx_id}")
+    assert rows_of(page, "operations") == ["charge", "refund"]
+    assert rows_of(page, "history")[-2:] == ["charge", "refund"]
+    assert 'id="refund-amount" name="amount" value="50.00"' in page.text
+    # The API's rules and its postLinks, exactly as for the API's own operations.
+    kinds = query(
+        gateway.database_url,
+        "SELECT event FROM notifications WHERE transaction_id = :t ORDER BY created_at",
+        t=tx_id,
+    )
+    assert [k.event for k in kinds] == ["payment", "charge", "refund"]
+    # The rest, then nothing is left: no form.
+    _, done = operate(user, tx_id, "refund", "50")
+    assert flash(done, user) == "Refunded 50.00 KZT"
+    assert api_status(client, invoice)["statusName"] == "REFUND"
+    assert 'id="actions"' not in user.get(f"/cabinet/transactions/{tx_id}").text
+    # A form from an older page: refused before any confirmation is shown.
+    late = ask(user, tx_id, "refund", "10")
+    assert late.status_code == 409 and 'id="confirm-form"' not in late.text
+    assert "This operation is not available now: the transaction is REFUND." in late.text
+    user.close()
+
+
+def test_cancel_through_the_cabinet_in_russian(gateway: Gateway, client: httpx.Client) -> None:
+    invoice, paid = pay_as(gateway, client)
+    user = logged_in(gateway)
+    question, done = operate(user, paid.json()["id"], "cancel")
+    assert "Подтвердить отмену платежа на 100.00 KZT?" in question.text
+    assert flash(done, user) == "Платёж отменён"
+    assert api_status(client, invoice)["statusName"] == "CANCEL"
+    user.close()
+
+
+def test_a_refund_above_the_charge_is_refused_and_changes_nothing(
+    gateway: Gateway, client: httpx.Client
+) -> None:
+    invoice, paid = pay_as(gateway, client)
+    tx_id = paid.json()["id"]
+    user = english(gateway)
+    assert flash(operate(user, tx_id, "charge", "50")[1], user) == "Charged 50.00 KZT"
+    question, done = operate(user, tx_id, "refund", "60")
+    assert "Confirm refund of 60.00 KZT?" in question.text
+    message = flash(done, user)
+    assert message == "Operation refused: the refunds would exceed the amount charged"
+    refused = operate(user, tx_id, "refund", "5")[1]
+    assert flash(refused, user) == "Operation refused: a refund is at least 10 KZT"
+    status = api_status(client, invoice)
+    assert (status["statusName"], status["payoutAmount"]) == ("CHARGE", 50)
+    [row] = query(
+        gateway.database_url,
+        "SELECT amount_refunded, amount_refund_pending FROM transactions WHERE id = :t",
+        t=tx_id,
+    )
+    assert (row.amount_refunded, row.amount_refund_pending) == (0, 0)
+    # A bad amount: the form again, saying why; no confirmation page.
+    for bad in ("abc", "1.234", "-5", "0", "", "1e400", "NaN"):
+        answer = ask(user, tx_id, "refund", bad)
+        assert answer.status_code == 400, bad
+        assert "Enter the amount as a number above zero" in answer.text
+        assert 'id="confirm-form"' not in answer.text and 'id="refund-form"' in answer.text
+    # A forged message in the URL is not shown: only this session's signed ones are.
+    forged = user.get(
+        f"/cabinet/transactions/{tx_id}",
+        params={"outcome": "ok", "message": "Refunded everything", "sig": "0" * 64},
+    )
+    assert forged.status_code == 200 and "Refunded everything" not in forged.text
+    user.close()
+
+
+def test_a_confirmation_must_be_the_one_shown(gateway: Gateway, client: httpx.Client) -> None:
+    invoice, paid = pay_as(gateway, client)
+    tx_id = paid.json()["id"]
+    user = english(gateway)
+    question = ask(user, tx_id, "charge", "40")
+    fields = confirm_fields(question)
+    assert set(fields) == {"csrf", "amount", "confirmation"} and fields["amount"] == "40.00"
+    url = f"/cabinet/transactions/{tx_id}/charge/confirm"
+    flipped = "1" if fields["confirmation"].endswith("0") else "0"
+    for changed in (
+        {"confirmation": ""},
+        {"amount": "100.00"},
+        {"amount": "40.001"},
+        {"confirmation": fields["confirmation"][:-1] + flipped},
+    ):
+        data = {k: v for k, v in (fields | changed).items() if v}
+        answer = user.post(url, data=data)
+        assert answer.status_code == 400, changed
+        assert "The confirmation does not match" in answer.text
+    # Another kind with the charge's confirmation.
+    cancel = user.post(f"/cabinet/transactions/{tx_id}/cancel/confirm", data=fields)
+    assert cancel.status_code == 400
+    # Another session's confirmation (its own CSRF token is the key).
+    other = english(gateway)
+    other_fields = confirm_fields(ask(other, tx_id, "charge", "40"))
+    mixed = fields | {"confirmation": other_fields["confirmation"]}
+    assert user.post(url, data=mixed).status_code == 400
+    other.close()
+    assert api_status(client, invoice)["statusName"] == "AUTH"
+    # CSRF missing or wrong, or another origin: 403, and nothing happens.
+    no_csrf = {k: v for k, v in fields.items() if k != "csrf"}
+    assert user.post(url, data=no_csrf).status_code == 403
+    assert user.post(url, data=fields | {"csrf": "x" * 43}).status_code == 403
+    evil = {"Origin": "https://evil.example"}
+    assert user.post(url, data=fields, headers=evil).status_code == 403
+    ask_no_csrf = user.post(f"/cabinet/transactions/{tx_id}/charge", data={"amount": "40"})
+    assert ask_no_csrf.status_code == 403
+    assert user.post(f"/cabinet/transactions/{tx_id}/explode", data=fields).status_code == 403
+    assert api_status(client, invoice)["statusName"] == "AUTH"
+    # The untouched confirmation still works, once.
+    done = user.post(url, data=fields)
+    assert flash(done, user) == "Charged 40.00 KZT"
+    assert user.post(url, data=fields).status_code == 400
+    status = api_status(client, invoice)
+    assert (status["statusName"], status["payoutAmount"]) == ("CHARGE", 40)
+    # Logged out: the confirmation leads to the login page.
+    anonymous = gateway.client()
+    bounced = anonymous.post(url, data=fields)
+    assert (bounced.status_code, bounced.headers["location"]) == (303, "/cabinet/login")
+    anonymous.close()
+    user.close()
+
+
+def test_a_confirmation_posted_twice_at_once_operates_once(
+    gateway: Gateway, client: httpx.Client
+) -> None:
+    invoice, paid = pay_as(gateway, client)
+    tx_id = paid.json()["id"]
+    user = english(gateway)
+    assert flash(operate(user, tx_id, "charge", "100")[1], user) == "Charged 100.00 KZT"
+    fields = confirm_fields(ask(user, tx_id, "refund", "20"))
+    url = f"{gateway.base_url}/cabinet/transactions/{tx_id}/refund/confirm"
+    cookies = dict(user.cookies)
+
+    def post(_: int) -> int:
+        with httpx.Client(cookies=cookies, timeout=30) as c:
+            return c.post(url, data=fields).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        codes = list(pool.map(post, range(4)))
+    assert sorted(codes).count(303) >= 1, codes
+    assert api_status(client, invoice)["payoutAmount"] == 80
+    [row] = query(
+        gateway.database_url,
+        "SELECT count(*) AS n FROM operations WHERE transaction_id = :t AND kind = 'refund'",
+        t=tx_id,
+    )
+    assert row.n == 1
+    user.close()

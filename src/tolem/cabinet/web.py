@@ -5,21 +5,36 @@
     POST /cabinet/logout         end the session
     GET  /cabinet/               to the transactions
     GET  /cabinet/transactions   the merchant's payments, newest first, filterable
+    GET  /cabinet/transactions/{id}                  one payment: fields, history,
+                                                     operations, postLinks and attempts
+    POST /cabinet/transactions/{id}/{kind}           charge|cancel|refund: the
+                                                     confirmation page
+    POST /cabinet/transactions/{id}/{kind}/confirm   perform it (the API's own code)
 
 A session lives on the server (tolem.cabinet.sessions); the ``tolem_cabinet`` cookie
 carries only its token: HttpOnly, SameSite=Strict, Path=/cabinet, Secure over https.
 Every POST checks a CSRF token (the session's, or at login a double-submit cookie) and
 that an Origin header, if sent, is this gateway's own. Every query is scoped to the
 logged-in user's merchant.
+
+An operation takes two POSTs. The first shows "Confirm refund of 30.00 KZT?" with a
+confirmation value: an HMAC, keyed by the session's CSRF token, over the transaction,
+the kind, the amount and the moment the transaction last changed. The second checks it
+and runs tolem.operations.actions.run with the merchant's scope and that moment: the
+conditional update that takes the operation's lock or reserves the refund also
+requires the transaction unchanged, so one confirmation performs at most one operation,
+even posted twice at once, and every rule of the API applies as is.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
@@ -29,11 +44,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import RedirectResponse, Response
 
+from tolem import fields, wire
 from tolem.cabinet.sessions import end_session, find_session, start_session
 from tolem.cabinet.users import LoginResult, log_in
 from tolem.merchants.models import Merchant
-from tolem.pages import render
-from tolem.payments.models import Status, Transaction
+from tolem.notifications import service as notifications
+from tolem.notifications.models import DeliveryAttempt, Notification
+from tolem.operations import actions
+from tolem.pages import TEXT, amount_text, render
+from tolem.payments.models import Operation, Status, Transaction, TransactionEvent
 from tolem.runtime import Runtime, runtime
 
 log = logging.getLogger("tolem.cabinet")
@@ -151,7 +170,7 @@ def _to_login(rt: Runtime, request: Request) -> Response:
 
 
 def _forbidden(rt: Runtime, request: Request) -> Response:
-    return _page(rt, request, "cabinet_error.html", status_code=403, user=None)
+    return _page(rt, request, "cabinet_error.html", status_code=403, user=None, error="forbidden")
 
 
 @dataclass(frozen=True)
@@ -368,3 +387,272 @@ async def transactions(request: Request, rt: Annotated[Runtime, Depends(runtime)
         older=f"/cabinet/transactions?{wanted.query(before=cursor)}" if cursor else "",
         newest=f"/cabinet/transactions?{wanted.query()}" if wanted.before else "",
     )
+
+
+# --- one transaction -----------------------------------------------------------------
+
+KINDS = (actions.CHARGE, actions.CANCEL, actions.REFUND)
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    notification: Notification
+    attempts: list[DeliveryAttempt]
+
+
+@dataclass(frozen=True)
+class _Detail:
+    tx: Transaction
+    events: list[TransactionEvent]
+    operations: list[Operation]
+    deliveries: list[_Delivery]
+
+    @property
+    def refundable(self) -> Decimal:
+        tx = self.tx
+        return tx.amount_charged - tx.amount_refunded - tx.amount_refund_pending
+
+    @property
+    def actions(self) -> list[str]:
+        """The operations the status allows now."""
+        if self.tx.status == Status.AUTH.value and self.tx.operation_lock is None:
+            return [actions.CHARGE, actions.CANCEL]
+        if self.tx.status == Status.CHARGE.value and self.refundable > 0:
+            return [actions.REFUND]
+        return []
+
+
+def _clean_id(tx_id: str) -> str:
+    return "" if len(tx_id) > 36 or wire.text_problem(tx_id) else tx_id
+
+
+def _mine(session: Any, merchant_id: str, tx_id: str) -> Transaction | None:
+    tx = session.get(Transaction, tx_id) if tx_id else None
+    return tx if tx is not None and tx.merchant_id == merchant_id else None
+
+
+def _detail(rt: Runtime, merchant_id: str, tx_id: str) -> _Detail | None:
+    """The merchant's transaction and everything that happened to it, oldest first."""
+    with rt.db.read() as session:
+        tx = _mine(session, merchant_id, _clean_id(tx_id))
+        if tx is None:
+            return None
+        events = list(
+            session.scalars(
+                select(TransactionEvent)
+                .where(TransactionEvent.transaction_id == tx.id)
+                .order_by(TransactionEvent.at, TransactionEvent.id)
+            )
+        )
+        sent = notifications.listing(
+            session, merchant_id=merchant_id, transaction_id=tx.id, limit=1000
+        )
+        deliveries = [
+            _Delivery(n, notifications.attempts_of(session, n.id))
+            for n in sorted(sent, key=lambda n: (n.created_at, n.id))
+        ]
+        return _Detail(tx, events, actions.history(session, tx.id), deliveries)
+
+
+def _not_found(rt: Runtime, request: Request, who: _Who) -> Response:
+    return _page(
+        rt,
+        request,
+        "cabinet_error.html",
+        status_code=404,
+        user=who,
+        csrf=who.csrf,
+        error="not_found",
+    )
+
+
+def _mac(who: _Who, *parts: str) -> str:
+    message = "\x1f".join(parts).encode()
+    return hmac.new(who.csrf.encode(), message, hashlib.sha256).hexdigest()
+
+
+def _confirmation(who: _Who, tx: Transaction, kind: str, amount: Decimal | None) -> str:
+    """Binds a confirmation to the session, the transaction (as it is now), kind, amount."""
+    shown = "" if amount is None else f"{amount:.2f}"
+    return _mac(who, "confirm", tx.id, tx.updated_at.isoformat(), kind, shown)
+
+
+def _flash_url(who: _Who, tx_id: str, outcome: str, message: str) -> str:
+    """The detail page with a message only this session's pages can show (signed)."""
+    sig = _mac(who, "flash", tx_id, outcome, message)
+    query = urlencode({"outcome": outcome, "message": message, "sig": sig})
+    return f"/cabinet/transactions/{tx_id}?{query}"
+
+
+def _flash(request: Request, who: _Who, tx_id: str) -> tuple[str, str]:
+    q = request.query_params
+    outcome, message = q.get("outcome", ""), q.get("message", "")[:500]
+    if outcome in ("ok", "error") and _same(
+        q.get("sig", ""), _mac(who, "flash", tx_id, outcome, message)
+    ):
+        return outcome, message
+    return "", ""
+
+
+def _detail_page(
+    rt: Runtime,
+    request: Request,
+    who: _Who,
+    detail: _Detail,
+    *,
+    status_code: int = 200,
+    outcome: str = "",
+    message: str = "",
+    amounts: dict[str, str] | None = None,
+) -> Response:
+    tx = detail.tx
+    defaults = {
+        actions.CHARGE: f"{tx.amount:.2f}",
+        actions.REFUND: f"{max(detail.refundable, Decimal(0)):.2f}",
+    }
+    return _page(
+        rt,
+        request,
+        "cabinet_transaction.html",
+        status_code=status_code,
+        user=who,
+        csrf=who.csrf,
+        d=detail,
+        tx=tx,
+        outcome=outcome,
+        message=message,
+        amounts=defaults | (amounts or {}),
+    )
+
+
+@router.get("/cabinet/transactions/{tx_id}")
+async def transaction(
+    tx_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
+) -> Response:
+    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+    if who is None:
+        return _to_login(rt, request)
+    detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
+    if detail is None:
+        return _not_found(rt, request, who)
+    outcome, message = _flash(request, who, detail.tx.id)
+    return _detail_page(rt, request, who, detail, outcome=outcome, message=message)
+
+
+async def _posted(
+    request: Request, rt: Runtime, kind: str
+) -> tuple[_Who | None, dict[str, str], Response | None]:
+    """The session and form of an operation POST, or the answer that refuses it."""
+    form = await _form(request)
+    if kind not in KINDS or not _same_origin(rt, request):
+        return None, form, _forbidden(rt, request)
+    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+    if who is None:
+        return None, form, _to_login(rt, request)
+    if not _same(form.get("csrf", ""), who.csrf):
+        return None, form, _forbidden(rt, request)
+    return who, form, None
+
+
+def _amount(kind: str, raw: str) -> Decimal | None:
+    """The form's amount: none for a cancel; raises fields.FieldError."""
+    if kind == actions.CANCEL:
+        return None
+    return fields.amount(raw.strip().replace(",", ".").replace("\u00a0", "").replace(" ", ""))
+
+
+@router.post("/cabinet/transactions/{tx_id}/{kind}")
+async def ask(
+    tx_id: str, kind: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
+) -> Response:
+    who, form, refused = await _posted(request, rt, kind)
+    if refused is not None or who is None:
+        return refused or _to_login(rt, request)
+    detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
+    if detail is None:
+        return _not_found(rt, request, who)
+    t = TEXT.get(_lang(request)[0], TEXT["ru"])
+    if kind not in detail.actions:  # a page out of date: say so before asking
+        return _detail_page(
+            rt,
+            request,
+            who,
+            detail,
+            status_code=409,
+            outcome="error",
+            message=t["cab_not_now"].format(status=detail.tx.status),
+        )
+    raw = form.get("amount", "")
+    try:
+        amount = _amount(kind, raw)
+    except fields.FieldError:
+        return _detail_page(
+            rt,
+            request,
+            who,
+            detail,
+            status_code=400,
+            outcome="error",
+            message=t["cab_bad_amount"],
+            amounts={kind: raw[:32]},
+        )
+    tx = detail.tx
+    question = t[f"cab_confirm_{kind}"].format(
+        amount=amount_text(tx.amount if amount is None else amount), currency=tx.currency
+    )
+    return _page(
+        rt,
+        request,
+        "cabinet_confirm.html",
+        user=who,
+        csrf=who.csrf,
+        tx=tx,
+        kind=kind,
+        question=question,
+        amount="" if amount is None else f"{amount:.2f}",
+        confirmation=_confirmation(who, tx, kind, amount),
+    )
+
+
+@router.post("/cabinet/transactions/{tx_id}/{kind}/confirm")
+async def confirm(
+    tx_id: str, kind: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
+) -> Response:
+    who, form, refused = await _posted(request, rt, kind)
+    if refused is not None or who is None:
+        return refused or _to_login(rt, request)
+    detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
+    if detail is None:
+        return _not_found(rt, request, who)
+    tx = detail.tx
+    t = TEXT.get(_lang(request)[0], TEXT["ru"])
+    try:
+        amount = _amount(kind, form.get("amount", ""))
+    except fields.FieldError:
+        amount = None
+        valid = False
+    else:
+        valid = _same(form.get("confirmation", ""), _confirmation(who, tx, kind, amount))
+    if not valid:
+        return _detail_page(
+            rt,
+            request,
+            who,
+            detail,
+            status_code=400,
+            outcome="error",
+            message=t["cab_confirm_invalid"],
+        )
+    scope = actions.MerchantScope(who.merchant_id)
+    try:
+        outcome = await run_in_threadpool(
+            lambda: actions.run(rt, scope, tx.id, kind, amount, unchanged_since=tx.updated_at)
+        )
+    except actions.OperationRefused as exc:
+        log.info("cabinet %s of %s by %s refused: %s", kind, tx.id, who.email, exc.message)
+        message = t["cab_refused"].format(reason=exc.message)
+        return _redirect(_flash_url(who, tx.id, "error", message))
+    op = outcome.operation
+    log.info("cabinet %s %s of %s by %s: done", kind, op.amount, tx.id, who.email)
+    message = t[f"cab_done_{kind}"].format(amount=amount_text(op.amount), currency=tx.currency)
+    return _redirect(_flash_url(who, tx.id, "ok", message))

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
+from typing import Protocol
 
 from sqlalchemy import literal, select, update
 from sqlalchemy.orm import Session
@@ -26,7 +28,6 @@ from tolem.db.base import Money, new_id, utcnow
 from tolem.errors import BadRequest
 from tolem.merchants.models import Terminal
 from tolem.notifications import service as notifications
-from tolem.oauth.tokens import AccessToken
 from tolem.payments.models import Operation, Status, Transaction, TransactionEvent
 from tolem.processor.base import ProcessorResult
 from tolem.runtime import Runtime
@@ -51,14 +52,37 @@ class Outcome:
     transaction: Transaction
 
 
-def _find(session: Session, token: AccessToken, tx_id: str) -> Transaction:
-    """The token's merchant's transaction (and terminal, invoice if bound), or 'not found'."""
+class Scope(Protocol):
+    """Whose transactions an operation may touch: an API token (tolem.oauth.tokens
+    .AccessToken) or a cabinet user's merchant (:class:`MerchantScope`)."""
+
+    @property
+    def merchant_id(self) -> str: ...
+
+    @property
+    def terminal_id(self) -> str: ...  # "" for any of the merchant's terminals
+
+    @property
+    def invoice_id(self) -> str: ...  # "" for any invoice
+
+
+@dataclass(frozen=True)
+class MerchantScope:
+    """All of one merchant's transactions: what a cabinet user may operate on."""
+
+    merchant_id: str
+    terminal_id: str = ""
+    invoice_id: str = ""
+
+
+def _find(session: Session, scope: Scope, tx_id: str) -> Transaction:
+    """The scope's merchant's transaction (and terminal, invoice if bound), or 'not found'."""
     tx = session.get(Transaction, tx_id) if len(tx_id) <= 36 else None
     if (
         tx is None
-        or tx.merchant_id != token.merchant_id
-        or (token.terminal_id and tx.terminal_id != token.terminal_id)
-        or (token.invoice_id and tx.invoice_id != token.invoice_id)
+        or tx.merchant_id != scope.merchant_id
+        or (scope.terminal_id and tx.terminal_id != scope.terminal_id)
+        or (scope.invoice_id and tx.invoice_id != scope.invoice_id)
     ):
         raise OperationRefused("transaction not found")
     return tx
@@ -66,13 +90,22 @@ def _find(session: Session, token: AccessToken, tx_id: str) -> Transaction:
 
 def begin(
     session: Session,
-    token: AccessToken,
+    scope: Scope,
     tx_id: str,
     kind: str,
     amount: Decimal | None,
     external_id: str = "",
+    unchanged_since: datetime | None = None,
 ) -> tuple[Operation, Transaction]:
-    tx = _find(session, token, tx_id)
+    """Check and take what the operation needs. ``unchanged_since`` (the cabinet's
+    confirmation) refuses it if the transaction changed after that moment, in the same
+    conditional update that takes the lock or reserves the refund, so one confirmation
+    performs at most one operation even when posted twice at once."""
+    tx = _find(session, scope, tx_id)
+    changed = "the transaction changed meanwhile; look at it again"
+    same = [] if unchanged_since is None else [Transaction.updated_at == unchanged_since]
+    if unchanged_since is not None and tx.updated_at != unchanged_since:
+        raise OperationRefused(changed)
     op = Operation(
         id=new_id(), transaction_id=tx.id, kind=kind, external_id=external_id, amount=Decimal(0)
     )
@@ -93,11 +126,14 @@ def begin(
                 Transaction.id == tx.id,
                 Transaction.status == Status.AUTH.value,
                 Transaction.operation_lock.is_(None),
+                *same,
             )
             .values(operation_lock=op.id, updated_at=utcnow())
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
-            raise OperationRefused("another charge or cancel of this transaction is under way")
+            raise OperationRefused(
+                changed if same else "another charge or cancel of this transaction is under way"
+            )
     else:
         if tx.status != Status.CHARGE.value:
             raise OperationRefused(f"refund needs status CHARGE; the transaction is {tx.status}")
@@ -107,6 +143,8 @@ def begin(
             raise OperationRefused("nothing is left to refund")
         if tx.currency == "KZT" and op.amount < MIN_REFUND:
             raise OperationRefused(f"a refund is at least {MIN_REFUND} KZT")
+        if op.amount > left:  # checked again, atomically, by the update below
+            raise OperationRefused("the refunds would exceed the amount charged")
         # Money columns hold minor units: the amount must be bound as Money too.
         wanted = literal(op.amount, Money())
         reserved = session.execute(
@@ -116,6 +154,7 @@ def begin(
                 Transaction.status == Status.CHARGE.value,
                 Transaction.amount_refunded + Transaction.amount_refund_pending + wanted
                 <= Transaction.amount_charged,
+                *same,
             )
             .values(
                 amount_refund_pending=Transaction.amount_refund_pending + wanted,
@@ -123,7 +162,9 @@ def begin(
             )
         )
         if reserved.rowcount != 1:  # type: ignore[attr-defined]
-            raise OperationRefused("the refunds would exceed the amount charged")
+            raise OperationRefused(
+                changed if same else "the refunds would exceed the amount charged"
+            )
     session.add(op)
     return op, tx
 
@@ -170,15 +211,19 @@ def finish(session: Session, op: Operation, result: ProcessorResult) -> Transact
 
 def run(
     rt: Runtime,
-    token: AccessToken,
+    scope: Scope,
     tx_id: str,
     kind: str,
     amount: Decimal | None = None,
     external_id: str = "",
+    unchanged_since: datetime | None = None,
 ) -> Outcome:
-    """Begin, ask the acquirer, finish. Raises :class:`OperationRefused`."""
+    """Begin, ask the acquirer, finish. Raises :class:`OperationRefused`.
+
+    The API passes its access token, the cabinet a :class:`MerchantScope`: one path.
+    """
     with rt.db.write() as session:
-        op, tx = begin(session, token, tx_id, kind, amount, external_id)
+        op, tx = begin(session, scope, tx_id, kind, amount, external_id, unchanged_since)
         terminal = session.get(Terminal, tx.terminal_id)
         assert terminal is not None
         acquirer = rt.acquirer_for(terminal)  # before the lock or reservation commits
