@@ -6,7 +6,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tolem.payments.cryptogram import encrypt
+from tolem.client._helpers import encrypt_json as encrypt
+from tolem.testing import free_port
 
 CLIENT_ID = "test"
 CLIENT_SECRET = "yF587AV9Ms94qN2QShFzVR3vFnWkhjbAK3sG"
@@ -48,12 +48,6 @@ def new_invoice(length: int = 12) -> str:
     tail = f"{next(_invoices) % 1_000_000:06d}"
     head = "".join(random.choice("0123456789") for _ in range(length - 6))
     return head + tail
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

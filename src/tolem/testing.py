@@ -30,6 +30,7 @@ from typing import Any, Unpack
 
 import httpx
 
+from tolem import sandbox
 from tolem.client import (
     AsyncEpayClient,
     ClientOptions,
@@ -44,6 +45,7 @@ __all__ = [
     "MerchantCredentials",
     "PostLinkRecorder",
     "RecordedPostLink",
+    "free_port",
     "running_gateway",
 ]
 
@@ -57,9 +59,9 @@ class MerchantCredentials:
 
 #: ePay's public test merchant, which sandbox mode seeds (EPAY.md section 2).
 SANDBOX_MERCHANT = MerchantCredentials(
-    client_id="test",
-    client_secret="yF587AV9Ms94qN2QShFzVR3vFnWkhjbAK3sG",  # noqa: S106 (public sandbox)
-    terminal_id="67e34d63-102f-4bd1-898e-370781d0074d",
+    client_id=sandbox.CLIENT_ID,
+    client_secret=sandbox.CLIENT_SECRET,
+    terminal_id=sandbox.TERMINAL_ID,
 )
 
 
@@ -218,7 +220,8 @@ class Gateway:
         return self.log_path.read_text(errors="replace")
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A port of 127.0.0.1 that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -249,7 +252,7 @@ def running_gateway(
     ``TOLEM_MODE=production`` must not reach a test gateway); pass ``env`` to set some.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("TOLEM_")}
     child_env = {
         **inherited,

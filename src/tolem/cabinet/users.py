@@ -10,14 +10,15 @@ from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from tolem import sandbox
 from tolem.cabinet.models import CabinetUser
 from tolem.cabinet.passwords import hash_password, needs_rehash, verify_password
 from tolem.db.base import utcnow
 from tolem.merchants.service import SANDBOX_CLIENT_ID, find_by_client_id
 
 #: ePay's published sandbox cabinet login (EPAY.md section 2).
-SANDBOX_EMAIL = "epay@halykbank.kz"
-SANDBOX_PASSWORD = "XZG1E@Mm"  # noqa: S105 - public test data
+SANDBOX_EMAIL = sandbox.CABINET_EMAIL
+SANDBOX_PASSWORD = sandbox.CABINET_PASSWORD
 
 #: Wrong passwords in a row that lock an account, and for how long.
 MAX_FAILED_LOGINS = 3

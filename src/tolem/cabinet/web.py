@@ -540,18 +540,22 @@ async def transaction(
 
 
 async def _posted(
-    request: Request, rt: Runtime, kind: str
-) -> tuple[_Who | None, dict[str, str], Response | None]:
-    """The session and form of an operation POST, or the answer that refuses it."""
+    request: Request, rt: Runtime, kind: str, tx_id: str
+) -> tuple[_Who, dict[str, str], _Detail] | Response:
+    """The session, form and transaction of an operation POST, or the answer that
+    refuses it (another site, no session, a bad CSRF token, not this merchant's)."""
     form = await _form(request)
     if kind not in KINDS or not _same_origin(rt, request):
-        return None, form, _forbidden(rt, request)
+        return _forbidden(rt, request)
     who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
     if who is None:
-        return None, form, _to_login(rt, request)
+        return _to_login(rt, request)
     if not _same(form.get("csrf", ""), who.csrf):
-        return None, form, _forbidden(rt, request)
-    return who, form, None
+        return _forbidden(rt, request)
+    detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
+    if detail is None:
+        return _not_found(rt, request, who)
+    return who, form, detail
 
 
 def _amount(kind: str, raw: str) -> Decimal | None:
@@ -565,12 +569,10 @@ def _amount(kind: str, raw: str) -> Decimal | None:
 async def ask(
     tx_id: str, kind: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
-    who, form, refused = await _posted(request, rt, kind)
-    if refused is not None or who is None:
-        return refused or _to_login(rt, request)
-    detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
-    if detail is None:
-        return _not_found(rt, request, who)
+    posted = await _posted(request, rt, kind, tx_id)
+    if isinstance(posted, Response):
+        return posted
+    who, form, detail = posted
     t = TEXT.get(_lang(request)[0], TEXT["ru"])
     if kind not in detail.actions:  # a page out of date: say so before asking
         return _detail_page(
@@ -618,12 +620,10 @@ async def ask(
 async def confirm(
     tx_id: str, kind: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
-    who, form, refused = await _posted(request, rt, kind)
-    if refused is not None or who is None:
-        return refused or _to_login(rt, request)
-    detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
-    if detail is None:
-        return _not_found(rt, request, who)
+    posted = await _posted(request, rt, kind, tx_id)
+    if isinstance(posted, Response):
+        return posted
+    who, form, detail = posted
     tx = detail.tx
     t = TEXT.get(_lang(request)[0], TEXT["ru"])
     try:

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tolem import sandbox
 from tolem.merchants.models import Merchant, Terminal
 from tolem.processor.base import Secure3DPolicy
 
-SANDBOX_CLIENT_ID = "test"
-SANDBOX_CLIENT_SECRET = "yF587AV9Ms94qN2QShFzVR3vFnWkhjbAK3sG"  # noqa: S105 - public test data
-SANDBOX_TERMINAL_ID = "67e34d63-102f-4bd1-898e-370781d0074d"
-SANDBOX_MERCHANT_NAME = "ePay test merchant"
+SANDBOX_CLIENT_ID = sandbox.CLIENT_ID
+SANDBOX_CLIENT_SECRET = sandbox.CLIENT_SECRET
+SANDBOX_TERMINAL_ID = sandbox.TERMINAL_ID
+SANDBOX_MERCHANT_NAME = sandbox.MERCHANT_NAME
 
 
 @dataclass(frozen=True)

@@ -36,12 +36,6 @@ _UNREADABLE = (
 )
 
 
-def encrypt(public_key: rsa.RSAPublicKey, content: dict[str, Any]) -> str:
-    """What a shop does: for tests, tools and the SDK."""
-    plain = json.dumps(content, separators=(",", ":")).encode("utf-8")
-    return base64.b64encode(public_key.encrypt(plain, padding.PKCS1v15())).decode("ascii")
-
-
 def decrypt(private_key: rsa.RSAPrivateKey, text: str) -> tuple[Card, str]:
     """The card and the terminalId a cryptogram holds."""
     try:
