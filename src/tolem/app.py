@@ -15,6 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tolem import __version__, wire
 from tolem.apidocs import install_docs
+from tolem.cabinet.api import router as cabinet_api_router
+from tolem.cabinet.dashboard import router as cabinet_dashboard_router
+from tolem.cabinet.notifications import router as cabinet_notifications_router
+from tolem.cabinet.terminals import router as cabinet_terminals_router
 from tolem.cabinet.web import router as cabinet_router
 from tolem.cards.endpoints import router as cards_router
 from tolem.config import Settings
@@ -84,6 +88,7 @@ def api_router() -> APIRouter:
     router.include_router(status_router)
     router.include_router(notifications_router)
     router.include_router(cards_router)
+    router.include_router(cabinet_api_router)
     return router
 
 
@@ -153,6 +158,9 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.include_router(secure3d_pages)
     app.include_router(payform_router)
     app.include_router(cabinet_router)
+    app.include_router(cabinet_dashboard_router)
+    app.include_router(cabinet_notifications_router)
+    app.include_router(cabinet_terminals_router)
     # Shops call the token endpoint and the API from browser pages.
     app.add_middleware(Idempotency)  # inside the body limit: bodies are already bounded
     app.add_middleware(

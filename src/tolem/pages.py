@@ -145,6 +145,10 @@ TEXT: dict[str, dict[str, str]] = {
         "cab_done_charge": "Списано {amount} {currency}",
         "cab_done_cancel": "Платёж отменён",
         "cab_done_refund": "Возвращено {amount} {currency}",
+        "cab_by": "Кто",
+        "cab_nav_dashboard": "Сводка",
+        "cab_nav_notifications": "Уведомления",
+        "cab_nav_terminals": "Терминалы",
     },
     "kk": {
         "acs_title": "Төлемді растау",
@@ -321,6 +325,10 @@ TEXT: dict[str, dict[str, str]] = {
         "cab_done_charge": "Charged {amount} {currency}",
         "cab_done_cancel": "Payment cancelled",
         "cab_done_refund": "Refunded {amount} {currency}",
+        "cab_by": "By",
+        "cab_nav_dashboard": "Dashboard",
+        "cab_nav_notifications": "Notifications",
+        "cab_nav_terminals": "Terminals",
     },
 }
 
@@ -329,6 +337,14 @@ TEXT["kk"] = {
     **{key: text for key, text in TEXT["ru"].items() if key.startswith("cab_")},
     **TEXT["kk"],
 }
+
+
+def add_texts(texts: dict[str, dict[str, str]]) -> None:
+    """More page texts, from the module whose pages show them (``{"ru": …, "en": …}``);
+    the cabinet's Kazakh pages show its Russian texts."""
+    for lang, more in texts.items():
+        TEXT[lang].update(more)
+    TEXT["kk"].update({k: v for k, v in texts.get("ru", {}).items() if k.startswith("cab_")})
 
 
 def lang_of(language: str | None) -> str:

@@ -37,6 +37,9 @@ class CabinetSession(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("cabinet_users.id"), index=True)
+    # "web" for a browser's cookie; "refresh" for a cabinet API refresh token
+    # (grant_type=password on /oauth2/token), used once and replaced.
+    kind: Mapped[str] = mapped_column(String(8), default="web", server_default="web")
     # Every POST of this session carries it (a hidden field).
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,4 +1,4 @@
-"""The merchant cabinet's pages (issue 8, first slice).
+"""The merchant cabinet: login, logout and the transactions (list, detail, operations).
 
     GET  /cabinet/login          the login form (?lang=ru|en, remembered in a cookie)
     POST /cabinet/login          check the password: a session, or the form again
@@ -11,11 +11,8 @@
                                                      confirmation page
     POST /cabinet/transactions/{id}/{kind}/confirm   perform it (the API's own code)
 
-A session lives on the server (tolem.cabinet.sessions); the ``tolem_cabinet`` cookie
-carries only its token: HttpOnly, SameSite=Strict, Path=/cabinet, Secure over https.
-Every POST checks a CSRF token (the session's, or at login a double-submit cookie) and
-that an Origin header, if sent, is this gateway's own. Every query is scoped to the
-logged-in user's merchant.
+Sessions, cookies and the CSRF and Origin checks are in tolem.cabinet.common; every
+query is scoped to the logged-in user's merchant.
 
 An operation takes two POSTs. The first shows "Confirm refund of 30.00 KZT?" with a
 confirmation value: an HMAC, keyed by the session's CSRF token, over the transaction,
@@ -28,30 +25,47 @@ even posted twice at once, and every rule of the API applies as is.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy import and_, or_, select
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 
 from tolem import fields, wire
-from tolem.cabinet.sessions import end_session, find_session, start_session
+from tolem.cabinet.common import (
+    LOGIN_COOKIE,
+    SESSION_COOKIE,
+    Who,
+    flash,
+    flash_url,
+    forbidden,
+    forget_cookie,
+    mac,
+    not_found,
+    page,
+    posted,
+    read_form,
+    redirect,
+    same,
+    same_origin,
+    set_cookie,
+    texts,
+    to_login,
+    who_is,
+)
+from tolem.cabinet.sessions import end_session, start_session
 from tolem.cabinet.users import LoginResult, log_in
-from tolem.merchants.models import Merchant
 from tolem.notifications import service as notifications
 from tolem.notifications.models import DeliveryAttempt, Notification
 from tolem.operations import actions
-from tolem.pages import TEXT, amount_text, render
+from tolem.pages import amount_text
 from tolem.payments.models import Operation, Status, Transaction, TransactionEvent
 from tolem.runtime import Runtime, runtime
 
@@ -59,141 +73,10 @@ log = logging.getLogger("tolem.cabinet")
 
 router = APIRouter(include_in_schema=False)
 
-SESSION_COOKIE = "tolem_cabinet"
-LOGIN_COOKIE = "tolem_cabinet_login"
-LANG_COOKIE = "tolem_cabinet_lang"
-COOKIE_PATH = "/cabinet"
-LANGUAGES = ("ru", "en")
 #: Transactions per page, and the most a ``?limit=`` may ask for.
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 STATUSES = [status.value for status in Status]
-
-_PAGE = {"form_action": "'self'", "frame_ancestors": "'none'"}
-
-
-# --- requests ------------------------------------------------------------------------
-
-
-def _secure(rt: Runtime, request: Request) -> bool:
-    return request.url.scheme == "https" or rt.settings.public_base_url.startswith("https")
-
-
-def _set_cookie(
-    response: Response, rt: Runtime, request: Request, name: str, value: str, max_age: int | None
-) -> None:
-    response.set_cookie(
-        name,
-        value,
-        max_age=max_age,
-        path=COOKIE_PATH,
-        secure=_secure(rt, request),
-        httponly=True,
-        samesite="strict",
-    )
-
-
-def _forget(response: Response, rt: Runtime, request: Request, name: str) -> None:
-    response.delete_cookie(
-        name,
-        path=COOKIE_PATH,
-        secure=_secure(rt, request),
-        httponly=True,
-        samesite="strict",
-    )
-
-
-def _origin(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
-
-
-def _same_origin(rt: Runtime, request: Request) -> bool:
-    """No Origin header (older browsers, curl), or this gateway's own origin: the public
-    one, or the one the request was addressed to (its Host header). ``Origin: null``
-    (sandboxed frames, some redirects) is refused, and so is a browser's own word that
-    the request came from another site (Sec-Fetch-Site)."""
-    if request.headers.get("sec-fetch-site", "same-origin") in ("cross-site", "same-site"):
-        return False
-    sent = request.headers.get("origin")
-    if sent is None:
-        return True
-    own = {_origin(rt.settings.effective_public_base_url)}
-    host = request.headers.get("host")
-    if host:
-        own.add(f"{request.url.scheme}://{host}".lower())
-    return sent.strip().lower() in own
-
-
-def _same(a: str, b: str) -> bool:
-    return bool(a) and bool(b) and hmac.compare_digest(a.encode(), b.encode())
-
-
-async def _form(request: Request) -> dict[str, str]:
-    form = await request.form(max_files=0, max_fields=16)
-    return {k: v[:2048] for k, v in form.multi_items() if not isinstance(v, UploadFile)}
-
-
-def _lang(request: Request) -> tuple[str, bool]:
-    """The page language and whether it was just chosen (then the cookie remembers it)."""
-    chosen = request.query_params.get("lang", "")
-    if chosen in LANGUAGES:
-        return chosen, True
-    remembered = request.cookies.get(LANG_COOKIE, "")
-    return (remembered if remembered in LANGUAGES else "ru"), False
-
-
-def _page(
-    rt: Runtime, request: Request, template: str, *, status_code: int = 200, **context: Any
-) -> Response:
-    lang, chosen = _lang(request)
-    response = render(
-        template, lang=lang, status_code=status_code, languages=LANGUAGES, **_PAGE, **context
-    )
-    # Chromium sends "Origin: null" with every POST of a no-referrer page; same-origin
-    # keeps the Origin check working and still tells other sites nothing.
-    response.headers["Referrer-Policy"] = "same-origin"
-    if chosen:
-        _set_cookie(response, rt, request, LANG_COOKIE, lang, 365 * 24 * 3600)
-    return response
-
-
-def _redirect(url: str) -> RedirectResponse:
-    return RedirectResponse(url, status_code=303, headers={"Cache-Control": "no-store"})
-
-
-def _to_login(rt: Runtime, request: Request) -> Response:
-    response = _redirect("/cabinet/login")
-    if SESSION_COOKIE in request.cookies:
-        _forget(response, rt, request, SESSION_COOKIE)
-    return response
-
-
-def _forbidden(rt: Runtime, request: Request) -> Response:
-    return _page(rt, request, "cabinet_error.html", status_code=403, user=None, error="forbidden")
-
-
-@dataclass(frozen=True)
-class _Who:
-    email: str
-    merchant_id: str
-    merchant_name: str
-    csrf: str
-
-
-def _who(rt: Runtime, token: str | None) -> _Who | None:
-    with rt.db.write() as session:
-        found = find_session(session, token)
-        if found is None:
-            return None
-        row, user = found
-        merchant = session.get(Merchant, user.merchant_id)
-        return _Who(
-            email=user.email,
-            merchant_id=user.merchant_id,
-            merchant_name=merchant.name if merchant else "",
-            csrf=row.csrf_token,
-        )
 
 
 # --- login and logout ----------------------------------------------------------------
@@ -210,7 +93,7 @@ def _login_page(
 ) -> Response:
     # One token per browser, kept while it stays: two open login tabs both work.
     token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(32)
-    response = _page(
+    response = page(
         rt,
         request,
         "cabinet_login.html",
@@ -221,32 +104,32 @@ def _login_page(
         email=email,
         locked_until=locked_until,
     )
-    _set_cookie(response, rt, request, LOGIN_COOKIE, token, 3600)
+    set_cookie(response, rt, request, LOGIN_COOKIE, token, 3600)
     return response
 
 
 @router.get("/cabinet/login")
 async def login_form(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     if SESSION_COOKIE in request.cookies:
-        who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+        who = await who_is(rt, request)
         if who is not None:
-            return _redirect("/cabinet/transactions")
+            return redirect("/cabinet/transactions")
     return _login_page(rt, request)
 
 
 @router.post("/cabinet/login")
 async def login(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    form = await _form(request)
+    form = await read_form(request)
     cookie = request.cookies.get(LOGIN_COOKIE, "")
-    if not _same_origin(rt, request) or not _same(form.get("csrf", ""), cookie):
-        return _forbidden(rt, request)
+    if not same_origin(rt, request) or not same(form.get("csrf", ""), cookie):
+        return forbidden(rt, request)
     email = form.get("email", "")[:254]
     password = form.get("password", "")[:1025]
     result, token, locked_until = await run_in_threadpool(_check, rt, email, password)
     if result is LoginResult.OK and token is not None:
-        response = _redirect("/cabinet/")
-        _set_cookie(response, rt, request, SESSION_COOKIE, token, None)
-        _forget(response, rt, request, LOGIN_COOKIE)
+        response = redirect("/cabinet/")
+        set_cookie(response, rt, request, SESSION_COOKIE, token, None)
+        forget_cookie(response, rt, request, LOGIN_COOKIE)
         return response
     if result is LoginResult.LOCKED:
         until = locked_until.strftime("%H:%M") if locked_until else ""
@@ -274,17 +157,17 @@ def _check(
 
 @router.post("/cabinet/logout")
 async def logout(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    form = await _form(request)
+    form = await read_form(request)
     token = request.cookies.get(SESSION_COOKIE)
-    if not _same_origin(rt, request):
-        return _forbidden(rt, request)
-    who = await run_in_threadpool(_who, rt, token)
+    if not same_origin(rt, request):
+        return forbidden(rt, request)
+    who = await who_is(rt, request)
     if who is None:
-        return _to_login(rt, request)
-    if not _same(form.get("csrf", ""), who.csrf):
-        return _forbidden(rt, request)
+        return to_login(rt, request)
+    if not same(form.get("csrf", ""), who.csrf):
+        return forbidden(rt, request)
     await run_in_threadpool(_end, rt, token)
-    return _to_login(rt, request)
+    return to_login(rt, request)
 
 
 def _end(rt: Runtime, token: str | None) -> None:
@@ -298,10 +181,10 @@ def _end(rt: Runtime, token: str | None) -> None:
 @router.get("/cabinet")
 @router.get("/cabinet/")
 async def home(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+    who = await who_is(rt, request)
     if who is None:
-        return _to_login(rt, request)
-    return _redirect("/cabinet/transactions")
+        return to_login(rt, request)
+    return redirect("/cabinet/transactions")
 
 
 @dataclass(frozen=True)
@@ -370,15 +253,16 @@ def _transactions(rt: Runtime, merchant_id: str, wanted: _Filter) -> tuple[list[
 
 @router.get("/cabinet/transactions")
 async def transactions(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
-    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+    who = await who_is(rt, request)
     if who is None:
-        return _to_login(rt, request)
+        return to_login(rt, request)
     wanted = _filter(request)
     rows, cursor = await run_in_threadpool(_transactions, rt, who.merchant_id, wanted)
-    return _page(
+    return page(
         rt,
         request,
         "cabinet_transactions.html",
+        section="transactions",
         user=who,
         csrf=who.csrf,
         rows=rows,
@@ -454,50 +338,16 @@ def _detail(rt: Runtime, merchant_id: str, tx_id: str) -> _Detail | None:
         return _Detail(tx, events, actions.history(session, tx.id), deliveries)
 
 
-def _not_found(rt: Runtime, request: Request, who: _Who) -> Response:
-    return _page(
-        rt,
-        request,
-        "cabinet_error.html",
-        status_code=404,
-        user=who,
-        csrf=who.csrf,
-        error="not_found",
-    )
-
-
-def _mac(who: _Who, *parts: str) -> str:
-    message = "\x1f".join(parts).encode()
-    return hmac.new(who.csrf.encode(), message, hashlib.sha256).hexdigest()
-
-
-def _confirmation(who: _Who, tx: Transaction, kind: str, amount: Decimal | None) -> str:
+def _confirmation(who: Who, tx: Transaction, kind: str, amount: Decimal | None) -> str:
     """Binds a confirmation to the session, the transaction (as it is now), kind, amount."""
     shown = "" if amount is None else f"{amount:.2f}"
-    return _mac(who, "confirm", tx.id, tx.updated_at.isoformat(), kind, shown)
-
-
-def _flash_url(who: _Who, tx_id: str, outcome: str, message: str) -> str:
-    """The detail page with a message only this session's pages can show (signed)."""
-    sig = _mac(who, "flash", tx_id, outcome, message)
-    query = urlencode({"outcome": outcome, "message": message, "sig": sig})
-    return f"/cabinet/transactions/{tx_id}?{query}"
-
-
-def _flash(request: Request, who: _Who, tx_id: str) -> tuple[str, str]:
-    q = request.query_params
-    outcome, message = q.get("outcome", ""), q.get("message", "")[:500]
-    if outcome in ("ok", "error") and _same(
-        q.get("sig", ""), _mac(who, "flash", tx_id, outcome, message)
-    ):
-        return outcome, message
-    return "", ""
+    return mac(who, "confirm", tx.id, tx.updated_at.isoformat(), kind, shown)
 
 
 def _detail_page(
     rt: Runtime,
     request: Request,
-    who: _Who,
+    who: Who,
     detail: _Detail,
     *,
     status_code: int = 200,
@@ -510,11 +360,12 @@ def _detail_page(
         actions.CHARGE: f"{tx.amount:.2f}",
         actions.REFUND: f"{max(detail.refundable, Decimal(0)):.2f}",
     }
-    return _page(
+    return page(
         rt,
         request,
         "cabinet_transaction.html",
         status_code=status_code,
+        section="transactions",
         user=who,
         csrf=who.csrf,
         d=detail,
@@ -529,32 +380,31 @@ def _detail_page(
 async def transaction(
     tx_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
 ) -> Response:
-    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
+    who = await who_is(rt, request)
     if who is None:
-        return _to_login(rt, request)
+        return to_login(rt, request)
     detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
     if detail is None:
-        return _not_found(rt, request, who)
-    outcome, message = _flash(request, who, detail.tx.id)
+        return not_found(rt, request, who)
+    outcome, message = flash(request, who)
     return _detail_page(rt, request, who, detail, outcome=outcome, message=message)
 
 
 async def _posted(
     request: Request, rt: Runtime, kind: str, tx_id: str
-) -> tuple[_Who, dict[str, str], _Detail] | Response:
+) -> tuple[Who, dict[str, str], _Detail] | Response:
     """The session, form and transaction of an operation POST, or the answer that
     refuses it (another site, no session, a bad CSRF token, not this merchant's)."""
-    form = await _form(request)
-    if kind not in KINDS or not _same_origin(rt, request):
-        return _forbidden(rt, request)
-    who = await run_in_threadpool(_who, rt, request.cookies.get(SESSION_COOKIE))
-    if who is None:
-        return _to_login(rt, request)
-    if not _same(form.get("csrf", ""), who.csrf):
-        return _forbidden(rt, request)
+    if kind not in KINDS:
+        await read_form(request)
+        return forbidden(rt, request)
+    checked = await posted(rt, request)
+    if isinstance(checked, Response):
+        return checked
+    who, form = checked
     detail = await run_in_threadpool(_detail, rt, who.merchant_id, tx_id)
     if detail is None:
-        return _not_found(rt, request, who)
+        return not_found(rt, request, who)
     return who, form, detail
 
 
@@ -573,7 +423,7 @@ async def ask(
     if isinstance(posted, Response):
         return posted
     who, form, detail = posted
-    t = TEXT.get(_lang(request)[0], TEXT["ru"])
+    t = texts(request)
     if kind not in detail.actions:  # a page out of date: say so before asking
         return _detail_page(
             rt,
@@ -602,7 +452,7 @@ async def ask(
     question = t[f"cab_confirm_{kind}"].format(
         amount=amount_text(tx.amount if amount is None else amount), currency=tx.currency
     )
-    return _page(
+    return page(
         rt,
         request,
         "cabinet_confirm.html",
@@ -625,14 +475,14 @@ async def confirm(
         return posted
     who, form, detail = posted
     tx = detail.tx
-    t = TEXT.get(_lang(request)[0], TEXT["ru"])
+    t = texts(request)
     try:
         amount = _amount(kind, form.get("amount", ""))
     except fields.FieldError:
         amount = None
         valid = False
     else:
-        valid = _same(form.get("confirmation", ""), _confirmation(who, tx, kind, amount))
+        valid = same(form.get("confirmation", ""), _confirmation(who, tx, kind, amount))
     if not valid:
         return _detail_page(
             rt,
@@ -646,13 +496,21 @@ async def confirm(
     scope = actions.MerchantScope(who.merchant_id)
     try:
         outcome = await run_in_threadpool(
-            lambda: actions.run(rt, scope, tx.id, kind, amount, unchanged_since=tx.updated_at)
+            lambda: actions.run(
+                rt,
+                scope,
+                tx.id,
+                kind,
+                amount,
+                unchanged_since=tx.updated_at,
+                performed_by=who.actor,
+            )
         )
     except actions.OperationRefused as exc:
         log.info("cabinet %s of %s by %s refused: %s", kind, tx.id, who.email, exc.message)
         message = t["cab_refused"].format(reason=exc.message)
-        return _redirect(_flash_url(who, tx.id, "error", message))
+        return redirect(flash_url(who, f"/cabinet/transactions/{tx.id}", "error", message))
     op = outcome.operation
     log.info("cabinet %s %s of %s by %s: done", kind, op.amount, tx.id, who.email)
     message = t[f"cab_done_{kind}"].format(amount=amount_text(op.amount), currency=tx.currency)
-    return _redirect(_flash_url(who, tx.id, "ok", message))
+    return redirect(flash_url(who, f"/cabinet/transactions/{tx.id}", "ok", message))

@@ -42,6 +42,9 @@ class Terminal(Base):
     secure3d: Mapped[str] = mapped_column(String(8), default="card", server_default="card")
     # Simulator cards and triggers work on test terminals (all of them in sandbox mode).
     is_test: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Space-separated host names that postLink, failurePostLink, backLink and
+    # failureBackLink may point to in production mode; empty: any host.
+    allowed_hosts: Mapped[str] = mapped_column(Text, default="", server_default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     def accepts(self, currency: str) -> bool:

@@ -96,6 +96,7 @@ def begin(
     amount: Decimal | None,
     external_id: str = "",
     unchanged_since: datetime | None = None,
+    performed_by: str = "api",
 ) -> tuple[Operation, Transaction]:
     """Check and take what the operation needs. ``unchanged_since`` (the cabinet's
     confirmation) refuses it if the transaction changed after that moment, in the same
@@ -107,7 +108,12 @@ def begin(
     if unchanged_since is not None and tx.updated_at != unchanged_since:
         raise OperationRefused(changed)
     op = Operation(
-        id=new_id(), transaction_id=tx.id, kind=kind, external_id=external_id, amount=Decimal(0)
+        id=new_id(),
+        transaction_id=tx.id,
+        kind=kind,
+        external_id=external_id,
+        amount=Decimal(0),
+        performed_by=performed_by[:300],
     )
     if kind in (CHARGE, CANCEL):
         if tx.status != Status.AUTH.value:
@@ -217,13 +223,17 @@ def run(
     amount: Decimal | None = None,
     external_id: str = "",
     unchanged_since: datetime | None = None,
+    performed_by: str = "api",
 ) -> Outcome:
     """Begin, ask the acquirer, finish. Raises :class:`OperationRefused`.
 
-    The API passes its access token, the cabinet a :class:`MerchantScope`: one path.
+    The API passes its access token, the cabinet a :class:`MerchantScope` and the user
+    (``performed_by="cabinet:<email>"``, kept on the operation): one path.
     """
     with rt.db.write() as session:
-        op, tx = begin(session, scope, tx_id, kind, amount, external_id, unchanged_since)
+        op, tx = begin(
+            session, scope, tx_id, kind, amount, external_id, unchanged_since, performed_by
+        )
         terminal = session.get(Terminal, tx.terminal_id)
         assert terminal is not None
         acquirer = rt.acquirer_for(terminal)  # before the lock or reservation commits

@@ -51,6 +51,9 @@ class Transaction(Base):
         # NULLs never collide, on SQLite and PostgreSQL alike.
         UniqueConstraint("terminal_id", "invoice_claim"),
         Index("ix_transactions_terminal_invoice", "terminal_id", "invoice_id"),
+        # The cabinet's pages and POST /operations: one merchant's payments, newest
+        # first, read in keyset pages.
+        Index("ix_transactions_merchant_created", "merchant_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -145,5 +148,7 @@ class Operation(Base):
     state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, done, declined
     reason_code: Mapped[int] = mapped_column(Integer, default=0)
     reference: Mapped[str] = mapped_column(String(12), default="")
+    # Who asked for it: "api", or "cabinet:<email>" for a cabinet user.
+    performed_by: Mapped[str] = mapped_column(String(300), default="api", server_default="api")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
