@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page
 
 from tests.browser import chromium, screenshot_path
-from tests.cabinet_support import delivering_gateway, new_user, pay_as
+from tests.cabinet_support import delivering_gateway, new_merchant, new_user, pay_as
 from tests.receiver import running_receiver
 from tests.support import Gateway
 from tolem.cabinet.users import SANDBOX_EMAIL, SANDBOX_PASSWORD
@@ -49,6 +49,13 @@ def _log_in(page: Page, gw: Gateway, email: str, password: str) -> None:
     page.click("#submit")
 
 
+def _to_transactions(page: Page, gw: Gateway) -> None:
+    """After a login: wait for the first page, then open the transactions from the menu."""
+    page.wait_for_selector("#logout")
+    page.click("#nav-transactions")
+    page.wait_for_url("**/cabinet/transactions")
+
+
 def test_log_in_and_find_a_payment_by_its_invoice(
     gateway: Gateway, browser: Browser, backend: str
 ) -> None:
@@ -57,8 +64,9 @@ def test_log_in_and_find_a_payment_by_its_invoice(
     assert paid.status_code == 200, paid.text
     page, problems = _open(browser, DESKTOP)
     _log_in(page, gateway, SANDBOX_EMAIL, SANDBOX_PASSWORD)
-    page.wait_for_url("**/cabinet/transactions")
+    _to_transactions(page, gateway)
     assert page.locator("h1").inner_text() == "Transactions"
+    assert page.locator("#nav-transactions").get_attribute("aria-current") == "page"
     assert SANDBOX_EMAIL in page.locator("#who").inner_text()
     page.fill("#invoice", invoice)
     page.select_option("#status", "AUTH")
@@ -131,10 +139,42 @@ def test_three_wrong_passwords_lock_the_account(
     page.close()
 
 
+def test_another_merchants_transactions_are_never_visible(
+    gateway: Gateway, browser: Browser
+) -> None:
+    # A payment of the sandbox merchant, and a user of another merchant with its own.
+    other = new_merchant(gateway, "Another shop")
+    email = new_user(gateway, client_id=other["clientId"])
+    with gateway.client() as client:
+        theirs, paid = pay_as(gateway, client)
+        mine, own = pay_as(gateway, client, creds=other)
+    assert paid.status_code == own.status_code == 200, (paid.text, own.text)
+    page, problems = _open(browser, DESKTOP)
+    _log_in(page, gateway, email, "right-pass-1")
+    _to_transactions(page, gateway)
+    assert "Another shop" in page.locator("#who").inner_text()
+    invoices = page.locator("#transactions tbody tr").evaluate_all(
+        "rows => rows.map(r => r.dataset.invoice)"
+    )
+    assert invoices == [mine]  # its own payment, and nothing of the sandbox merchant's
+    page.fill("#invoice", theirs)
+    page.click("#apply")
+    page.wait_for_url(f"**/cabinet/transactions?invoice={theirs}**")
+    assert page.locator("#transactions tbody tr").count() == 0
+    # Its address typed in: a 404 that shows nothing of it.
+    response = page.goto(f"{gateway.base_url}/cabinet/transactions/{paid.json()['id']}")
+    assert response is not None and response.status == 404
+    assert theirs not in page.content()
+    assert page.locator("#f-invoice").count() == 0
+    refused = "Failed to load resource: the server responded with a status of "
+    assert [p.removeprefix(refused) for p in problems] == ["404 (Not Found)"]
+    page.close()
+
+
 def test_the_session_cookie_is_out_of_scripts_reach(gateway: Gateway, browser: Browser) -> None:
     page, problems = _open(browser, DESKTOP)
     _log_in(page, gateway, SANDBOX_EMAIL, SANDBOX_PASSWORD)
-    page.wait_for_url("**/cabinet/transactions")
+    page.wait_for_selector("#logout")
     assert "tolem_cabinet" not in page.evaluate("() => document.cookie")
     [cookie] = [c for c in page.context.cookies() if c["name"] == "tolem_cabinet"]
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (True, "Strict", "/cabinet")
@@ -154,7 +194,7 @@ def test_open_a_payment_charge_and_refund_part_of_it(browser: Browser, tmp_path:
         tx_id = paid.json()["id"]
         page, problems = _open(browser, DESKTOP)
         _log_in(page, gw, SANDBOX_EMAIL, SANDBOX_PASSWORD)
-        page.wait_for_url("**/cabinet/transactions")
+        _to_transactions(page, gw)
         page.fill("#invoice", invoice)
         page.click("#apply")
         page.wait_for_url(f"**/cabinet/transactions?invoice={invoice}&status=")
@@ -182,6 +222,9 @@ def test_open_a_payment_charge_and_refund_part_of_it(browser: Browser, tmp_path:
         assert page.locator("#message").inner_text() == "Refunded 30.00 KZT"
         assert page.locator("#f-refunded").inner_text() == "30.00 KZT"
         assert page.locator("#history tbody tr").last.get_attribute("data-kind") == "refund"
+        refund_op = page.locator("#operations tr[data-kind='refund']")
+        assert refund_op.get_attribute("data-state") == "done"
+        assert refund_op.locator(".by").inner_text() == f"cabinet:{SANDBOX_EMAIL}"
         assert page.locator("#refund-amount").input_value() == "70.00"
 
         # The refund's postLink arrives, and its attempt shows after a reload.
