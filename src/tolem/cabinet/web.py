@@ -47,6 +47,7 @@ from tolem.cabinet.common import (
     flash_url,
     forbidden,
     forget_cookie,
+    language,
     mac,
     not_found,
     page,
@@ -184,7 +185,7 @@ async def home(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Re
     who = await who_is(rt, request)
     if who is None:
         return to_login(rt, request)
-    return redirect("/cabinet/transactions")
+    return redirect("/cabinet/dashboard")
 
 
 @dataclass(frozen=True)
@@ -508,7 +509,8 @@ async def confirm(
         )
     except actions.OperationRefused as exc:
         log.info("cabinet %s of %s by %s refused: %s", kind, tx.id, who.email, exc.message)
-        message = t["cab_refused"].format(reason=exc.message)
+        reason = exc.ru if exc.ru and language(request)[0] != "en" else exc.message
+        message = t["cab_refused"].format(reason=reason)
         return redirect(flash_url(who, f"/cabinet/transactions/{tx.id}", "error", message))
     op = outcome.operation
     log.info("cabinet %s %s of %s by %s: done", kind, op.amount, tx.id, who.email)

@@ -42,8 +42,13 @@ MIN_REFUND = Decimal("10")
 class OperationRefused(BadRequest):
     """ePay's operation error: HTTP 400, code 100, a message that says what is wrong."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, ru: str = "") -> None:
         super().__init__(message, code=100)
+        #: The same in Russian, for the cabinet's Russian pages ("" when not written).
+        self.ru = ru
+
+
+_EXCEED = ("the refunds would exceed the amount charged", "возвраты превысили бы списанную сумму")
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,7 @@ def _find(session: Session, scope: Scope, tx_id: str) -> Transaction:
         or (scope.terminal_id and tx.terminal_id != scope.terminal_id)
         or (scope.invoice_id and tx.invoice_id != scope.invoice_id)
     ):
-        raise OperationRefused("transaction not found")
+        raise OperationRefused("transaction not found", "транзакция не найдена")
     return tx
 
 
@@ -104,9 +109,10 @@ def begin(
     performs at most one operation even when posted twice at once."""
     tx = _find(session, scope, tx_id)
     changed = "the transaction changed meanwhile; look at it again"
+    changed_ru = "транзакция тем временем изменилась; откройте её заново"
     same = [] if unchanged_since is None else [Transaction.updated_at == unchanged_since]
     if unchanged_since is not None and tx.updated_at != unchanged_since:
-        raise OperationRefused(changed)
+        raise OperationRefused(changed, changed_ru)
     op = Operation(
         id=new_id(),
         transaction_id=tx.id,
@@ -117,14 +123,23 @@ def begin(
     )
     if kind in (CHARGE, CANCEL):
         if tx.status != Status.AUTH.value:
-            raise OperationRefused(f"{kind} needs status AUTH; the transaction is {tx.status}")
+            raise OperationRefused(
+                f"{kind} needs status AUTH; the transaction is {tx.status}",
+                f"нужен статус AUTH; статус транзакции {tx.status}",
+            )
         if kind == CHARGE:
             op.amount = tx.amount if amount is None else amount
             if op.amount <= 0 or op.amount > tx.amount:
-                raise OperationRefused(f"amount must be more than 0 and at most {tx.amount}")
+                raise OperationRefused(
+                    f"amount must be more than 0 and at most {tx.amount}",
+                    f"сумма должна быть больше 0 и не больше {tx.amount}",
+                )
         else:
             if amount is not None:
-                raise OperationRefused("cancel releases the whole amount; send no amount")
+                raise OperationRefused(
+                    "cancel releases the whole amount; send no amount",
+                    "отмена снимает всю сумму; сумму указывать не нужно",
+                )
             op.amount = tx.amount
         taken = session.execute(
             update(Transaction)
@@ -137,20 +152,28 @@ def begin(
             .values(operation_lock=op.id, updated_at=utcnow())
         )
         if taken.rowcount != 1:  # type: ignore[attr-defined]
+            if same:
+                raise OperationRefused(changed, changed_ru)
             raise OperationRefused(
-                changed if same else "another charge or cancel of this transaction is under way"
+                "another charge or cancel of this transaction is under way",
+                "по этой транзакции уже идёт списание или отмена",
             )
     else:
         if tx.status != Status.CHARGE.value:
-            raise OperationRefused(f"refund needs status CHARGE; the transaction is {tx.status}")
+            raise OperationRefused(
+                f"refund needs status CHARGE; the transaction is {tx.status}",
+                f"для возврата нужен статус CHARGE; статус транзакции {tx.status}",
+            )
         left = tx.amount_charged - tx.amount_refunded - tx.amount_refund_pending
         op.amount = left if amount is None else amount
         if op.amount <= 0:
-            raise OperationRefused("nothing is left to refund")
+            raise OperationRefused("nothing is left to refund", "возвращать больше нечего")
         if tx.currency == "KZT" and op.amount < MIN_REFUND:
-            raise OperationRefused(f"a refund is at least {MIN_REFUND} KZT")
+            raise OperationRefused(
+                f"a refund is at least {MIN_REFUND} KZT", f"возврат не меньше {MIN_REFUND} KZT"
+            )
         if op.amount > left:  # checked again, atomically, by the update below
-            raise OperationRefused("the refunds would exceed the amount charged")
+            raise OperationRefused(*_EXCEED)
         # Money columns hold minor units: the amount must be bound as Money too.
         wanted = literal(op.amount, Money())
         reserved = session.execute(
@@ -168,9 +191,7 @@ def begin(
             )
         )
         if reserved.rowcount != 1:  # type: ignore[attr-defined]
-            raise OperationRefused(
-                changed if same else "the refunds would exceed the amount charged"
-            )
+            raise OperationRefused(*((changed, changed_ru) if same else _EXCEED))
     session.add(op)
     return op, tx
 
@@ -249,14 +270,20 @@ def run(
         # Unknown outcome: the lock or the reserved amount stays, so nothing can be
         # done twice; recovery asks the acquirer (inquire) about this reference.
         log.exception("acquirer unreachable for %s %s", kind, reference)
-        raise OperationRefused("the processor did not answer; the operation is pending") from None
+        raise OperationRefused(
+            "the processor did not answer; the operation is pending",
+            "процессинг не ответил; операция ожидает ответа",
+        ) from None
     with rt.db.write() as session:
         current = session.get(Operation, op.id)
         assert current is not None
         tx = finish(session, current, result)
         op = current
     if not result.approved:
-        raise OperationRefused(f"declined: {reasons.message(result.reason_code)}")
+        code = result.reason_code
+        raise OperationRefused(
+            f"declined: {reasons.message(code)}", f"отклонено: {reasons.message_ru(code)}"
+        )
     return Outcome(op, tx)
 
 
