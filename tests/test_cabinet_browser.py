@@ -71,7 +71,7 @@ def test_log_in_and_find_a_payment_by_its_invoice(
     page.fill("#invoice", invoice)
     page.select_option("#status", "AUTH")
     page.click("#apply")
-    page.wait_for_url(f"**/cabinet/transactions?invoice={invoice}&status=AUTH")
+    page.wait_for_url(lambda url: f"invoice={invoice}" in url and "status=AUTH" in url)
     rows = page.locator("#transactions tbody tr")
     assert rows.count() == 1
     row = rows.first
@@ -159,7 +159,7 @@ def test_another_merchants_transactions_are_never_visible(
     assert invoices == [mine]  # its own payment, and nothing of the sandbox merchant's
     page.fill("#invoice", theirs)
     page.click("#apply")
-    page.wait_for_url(f"**/cabinet/transactions?invoice={theirs}**")
+    page.wait_for_url(lambda url: f"invoice={theirs}" in url)
     assert page.locator("#transactions tbody tr").count() == 0
     # Its address typed in: a 404 that shows nothing of it.
     response = page.goto(f"{gateway.base_url}/cabinet/transactions/{paid.json()['id']}")
@@ -197,7 +197,7 @@ def test_open_a_payment_charge_and_refund_part_of_it(browser: Browser, tmp_path:
         _to_transactions(page, gw)
         page.fill("#invoice", invoice)
         page.click("#apply")
-        page.wait_for_url(f"**/cabinet/transactions?invoice={invoice}&status=")
+        page.wait_for_url(lambda url: f"invoice={invoice}" in url)
         page.click(f"#transactions a[href='/cabinet/transactions/{tx_id}']")
         page.wait_for_url(f"**/cabinet/transactions/{tx_id}")
         assert page.locator("#f-invoice").inner_text() == invoice
