@@ -38,8 +38,11 @@ class CabinetSession(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("cabinet_users.id"), index=True)
     # "web" for a browser's cookie; "refresh" for a cabinet API refresh token
-    # (grant_type=password on /oauth2/token), used once and replaced.
+    # (grant_type=password on /oauth2/token), "spent" once used and replaced.
     kind: Mapped[str] = mapped_column(String(8), default="web", server_default="web")
+    # Refresh rows: the password login they descend from (every rotation keeps it), so
+    # a replayed refresh token can end the whole family at once; "" for web sessions.
+    family: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     # Every POST of this session carries it (a hidden field).
     csrf_token: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

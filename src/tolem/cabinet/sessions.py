@@ -48,7 +48,11 @@ def start_session(
         delete(CabinetSession)
         .where(CabinetSession.user_id == user.id)
         .where(
-            (CabinetSession.expires_at <= now) | (CabinetSession.last_seen_at <= now - IDLE_TIMEOUT)
+            (CabinetSession.expires_at <= now)
+            | (
+                (CabinetSession.kind == "web")  # refresh tokens have no idle timeout
+                & (CabinetSession.last_seen_at <= now - IDLE_TIMEOUT)
+            )
         )
         .execution_options(synchronize_session=False)
     )
@@ -74,7 +78,7 @@ def find_session(
         return None
     now = now or utcnow()
     row = session.get(CabinetSession, session_id(token))
-    if row is None:
+    if row is None or row.kind != "web":  # a cabinet API refresh token opens no page
         return None
     if row.expires_at <= now or row.last_seen_at + IDLE_TIMEOUT <= now:
         session.delete(row)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-from sqlalchemy import select
+import idna
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tolem import sandbox
@@ -135,3 +139,134 @@ def terminals_of(session: Session, merchant_id: str) -> list[Terminal]:
 def list_merchants(session: Session) -> list[tuple[Merchant, list[Terminal]]]:
     merchants = session.scalars(select(Merchant).order_by(Merchant.created_at)).all()
     return [(m, terminals_of(session, m.id)) for m in merchants]
+
+
+# --- terminal settings (the cabinet's Terminals page) ---------------------------------
+
+#: The currencies the cabinet offers; a terminal may hold others (set elsewhere), which
+#: the page keeps showing so that saving the form does not drop them unseen.
+CURRENCIES = ("KZT", "USD", "EUR", "RUB")
+#: Host names a terminal may list.
+MAX_HOSTS = 50
+
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+
+
+#: Why an allowed-hosts entry is refused, by the code HostError carries.
+HOST_ERRORS = {
+    "scheme": "write the host name only, without http:// or https://",
+    "path": "write the host name only, without a path",
+    "user": "write the host name only, without a user name",
+    "port": "write the host name only, without a port",
+    "wildcard": "wildcards are not supported: list each host name",
+    "invalid": "not a valid host name",
+    "too_many": f"at most {MAX_HOSTS} host names",
+}
+
+
+class HostError(ValueError):
+    """An entry of an allowed-hosts list that is not a bare host name, and why
+    (``code``, a key of HOST_ERRORS)."""
+
+    def __init__(self, entry: str, code: str) -> None:
+        super().__init__(f"{entry}: {HOST_ERRORS[code]}")
+        self.entry = entry
+        self.code = code
+
+
+def host_name(entry: str) -> str:
+    """One allowed host, normalised: lower case, no trailing dot, internationalised
+    names in their DNS (IDNA, "xn--") form. Raises HostError for a URL, a path, a
+    port, user info, a wildcard or anything else that is not a host name."""
+    text = entry.strip()
+    if "://" in text:
+        raise HostError(entry, "scheme")
+    for mark, code in (("/", "path"), ("@", "user"), (":", "port"), ("*", "wildcard")):
+        if mark in text:
+            raise HostError(entry, code)
+    name = text.rstrip(".")
+    try:
+        name = name.lower() if name.isascii() else idna.encode(name, uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise HostError(entry, "invalid") from None
+    labels = name.split(".")
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise HostError(entry, "invalid")
+    return name
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """An allowed-hosts list as typed (one per line; spaces and commas also separate;
+    empty lines ignored), normalised and without repeats. Raises HostError."""
+    hosts: list[str] = []
+    for entry in re.split(r"[\s,]+", text):
+        if entry and (name := host_name(entry)) not in hosts:
+            hosts.append(name)
+    if len(hosts) > MAX_HOSTS:
+        raise HostError(hosts[MAX_HOSTS], "too_many")
+    return tuple(hosts)
+
+
+def link_host(url: str) -> str:
+    """The host of an http(s) link that tolem.fields.link accepted, in the form
+    host_name gives allowed hosts."""
+    host = (urlsplit(url).hostname or "").rstrip(".")
+    return host if host.isascii() else idna.encode(host, uts46=True).decode("ascii")
+
+
+def link_problem(terminal: Terminal, links: Mapping[str, str]) -> str:
+    """Why one of these links (field name -> URL, empty ones skipped) may not be used
+    with this terminal, or "". An empty allowed-hosts list allows any host. Production
+    mode only: the callers skip the check in sandbox mode."""
+    allowed = terminal.allowed_hosts.split()
+    if not allowed:
+        return ""
+    for field, url in links.items():
+        if url and link_host(url) not in allowed:
+            return (
+                f"{field}: host {link_host(url)} is not among the allowed hosts of terminal "
+                f"{terminal.id}"
+            )
+    return ""
+
+
+@dataclass(frozen=True)
+class TerminalSettings:
+    two_step: bool
+    secure3d: str
+    currencies: tuple[str, ...]
+    allowed_hosts: tuple[str, ...]
+
+
+def update_terminal(
+    session: Session, merchant_id: str, terminal_id: str, settings: TerminalSettings
+) -> Terminal | None:
+    """Save a terminal's settings, if it is this merchant's; the next token and payment
+    read them. None when the merchant has no such terminal (nothing is changed)."""
+    if settings.secure3d not in Secure3DPolicy.ALL:
+        raise ValueError(f"secure3d must be one of {', '.join(Secure3DPolicy.ALL)}")
+    if not settings.currencies:
+        raise ValueError("a terminal needs at least one currency")
+    terminal = terminal_of(session, merchant_id, terminal_id)
+    if terminal is None:
+        return None
+    terminal.two_step = settings.two_step
+    terminal.secure3d = settings.secure3d
+    terminal.currencies = " ".join(settings.currencies)
+    terminal.allowed_hosts = " ".join(settings.allowed_hosts)
+    session.flush()
+    return terminal
+
+
+def rotate_secret(session: Session, merchant_id: str, old_digest: str) -> str | None:
+    """A new ClientSecret for the merchant, stored only as salt and digest; the old one
+    stops working with this transaction's commit. None if the stored secret is no longer
+    ``old_digest`` (rotated meanwhile): one confirmation rotates at most once."""
+    secret = secrets.token_urlsafe(32)
+    salt = secrets.token_hex(16)
+    done = session.execute(
+        update(Merchant)
+        .where(Merchant.id == merchant_id, Merchant.secret_digest == old_digest)
+        .values(secret_salt=salt, secret_digest=digest_secret(salt, secret))
+    )
+    return secret if done.rowcount == 1 else None  # type: ignore[attr-defined]

@@ -10,7 +10,7 @@ from starlette.datastructures import UploadFile
 from starlette.responses import Response
 
 from tolem import wire
-from tolem.oauth import service
+from tolem.oauth import grants, service
 from tolem.oauth.service import TokenError
 from tolem.runtime import Runtime, runtime
 
@@ -33,6 +33,9 @@ _FORM_SCHEMA: dict[str, Any] = {
             "secret_hash",
             "postLink",
             "failurePostLink",
+            "username",
+            "password",
+            "refresh_token",
         )
     },
 }
@@ -71,7 +74,7 @@ async def _form(request: Request) -> dict[str, str]:
 
 @router.post(
     "/oauth2/token",
-    summary="Get an access token (client_credentials)",
+    summary="Get an access token (client_credentials, password, refresh_token)",
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -84,10 +87,19 @@ async def _form(request: Request) -> dict[str, str]:
 )
 async def token(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     form = await _form(request)
+    grant = (service._first(form, "grant_type") or "").strip()
+    if grant in grants.GRANTS:
+        return await _user_token(rt, grant, form)
 
     def issue() -> service.IssuedToken:
         with rt.db.read() as session:
-            return service.issue(session, rt.sealer, form, ttl=rt.settings.token_ttl)
+            return service.issue(
+                session,
+                rt.sealer,
+                form,
+                ttl=rt.settings.token_ttl,
+                enforce_hosts=not rt.settings.is_sandbox,
+            )
 
     issued = await run_in_threadpool(issue)
     return wire.json_response(
@@ -95,6 +107,31 @@ async def token(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> R
             "access_token": issued.access_token,
             "expires_in": str(issued.expires_in),  # a string, as the live service sends
             "refresh_token": "",
+            "scope": issued.scope,
+            "token_type": "Bearer",
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def _user_token(rt: Runtime, grant: str, form: dict[str, str]) -> Response:
+    """grant_type=password or refresh_token: a cabinet user's tokens (tolem.oauth.grants)."""
+
+    def issue() -> grants.UserToken | TokenError:
+        # A write: a wrong password counts toward the lockout, a refresh token rotates.
+        # The refusal is returned, not raised, so that what it counted is committed.
+        with rt.db.write() as session:
+            run = grants.password_grant if grant == grants.PASSWORD else grants.refresh_grant
+            return run(session, rt.sealer, form, ttl=rt.settings.token_ttl)
+
+    issued = await run_in_threadpool(issue)
+    if isinstance(issued, TokenError):
+        raise issued
+    return wire.json_response(
+        {
+            "access_token": issued.access_token,
+            "expires_in": str(issued.expires_in),  # a string, like client_credentials
+            "refresh_token": issued.refresh_token,
             "scope": issued.scope,
             "token_type": "Bearer",
         },

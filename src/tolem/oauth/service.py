@@ -44,7 +44,12 @@ def _first(form: Mapping[str, str], name: str) -> str | None:
 
 
 def issue(
-    session: Session, sealer: TokenSealer, form: Mapping[str, str], *, ttl: int
+    session: Session,
+    sealer: TokenSealer,
+    form: Mapping[str, str],
+    *,
+    ttl: int,
+    enforce_hosts: bool = False,
 ) -> IssuedToken:
     grant = (_first(form, "grant_type") or "").strip()
     if not grant:
@@ -78,6 +83,10 @@ def issue(
             raise fields.FieldError("currency", f"terminal does not accept {currency}")
         post_link = fields.link(_first(form, "postLink"), "postLink")
         failure_post_link = fields.link(_first(form, "failurePostLink"), "failurePostLink")
+        if enforce_hosts and terminal is not None:  # production: the terminal's host list
+            links = {"postLink": post_link, "failurePostLink": failure_post_link}
+            if problem := merchants.link_problem(terminal, links):
+                raise TokenError("invalid_request", problem)
         secret_hash = fields.text(_first(form, "secret_hash"), "secret_hash", max_length=500)
         scope = fields.text(_first(form, "scope"), "scope", max_length=500).strip()
     except fields.FieldError as exc:

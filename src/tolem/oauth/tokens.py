@@ -36,6 +36,14 @@ class AccessToken:
     failure_post_link: str
     secret_hash: str
     expires_at: int  # unix seconds
+    #: A cabinet user's token (grant_type=password or refresh_token): the user's id;
+    #: "" for a client_credentials token.
+    user_id: str = ""
+
+    @property
+    def is_user(self) -> bool:
+        """Issued to a cabinet user (password or refresh grant), not to a shop's client."""
+        return bool(self.user_id)
 
     @property
     def is_service(self) -> bool:
@@ -68,6 +76,10 @@ class TokenSealer:
             token.secret_hash,
             token.expires_at,
         ]
+        if token.user_id:
+            # Only user tokens carry a twelfth claim: client_credentials tokens stay
+            # exactly as before, and a gateway that predates user tokens refuses them.
+            claims.append(token.user_id)
         nonce = os.urandom(12)
         sealed = self._aead.encrypt(nonce, orjson.dumps(claims), _AAD)
         return base64.urlsafe_b64encode(nonce + sealed).rstrip(b"=").decode("ascii")
@@ -82,8 +94,11 @@ class TokenSealer:
         try:
             plain = self._aead.decrypt(raw[:12], raw[12:], _AAD)
             claims = orjson.loads(plain)
-            if claims[0] != _VERSION or len(claims) != 11:
+            if claims[0] != _VERSION or len(claims) not in (11, 12):
                 raise TokenInvalid("unknown token version")
+            user_id = claims[11] if len(claims) == 12 else ""
+            if not isinstance(user_id, str) or (len(claims) == 12 and not user_id):
+                raise TokenInvalid("token does not verify")
             amount = None if claims[5] is None else Decimal(claims[5])
             return AccessToken(
                 merchant_id=claims[1],
@@ -96,6 +111,7 @@ class TokenSealer:
                 failure_post_link=claims[8],
                 secret_hash=claims[9],
                 expires_at=int(claims[10]),
+                user_id=user_id,
             )
         except (InvalidTag, orjson.JSONDecodeError, InvalidOperation, IndexError, TypeError) as exc:
             raise TokenInvalid("token does not verify") from exc

@@ -10,7 +10,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tolem import fields, wire
+from tolem.cabinet.models import CabinetUser
 from tolem.oauth import service as oauth
+from tolem.oauth.tokens import AccessToken
 from tolem.operations import actions, service
 from tolem.payments.models import Transaction
 from tolem.runtime import Runtime, runtime
@@ -130,6 +132,16 @@ async def _operation_input(request: Request) -> tuple[Decimal | None, str]:
     return amount, external_id
 
 
+def _actor(rt: Runtime, token: AccessToken) -> str:
+    """Who an operation records: "api" for a shop's token, "api:<email>" for a cabinet
+    user's (grant_type=password); a user deleted meanwhile is refused."""
+    with rt.db.read() as session:
+        user = session.get(CabinetUser, token.user_id)
+    if user is None:
+        raise actions.OperationRefused("the token's cabinet user no longer exists")
+    return f"api:{user.email}"
+
+
 def _operation_route(kind: str) -> Any:
     async def operate(
         transaction_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
@@ -137,8 +149,9 @@ def _operation_route(kind: str) -> Any:
         token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
         amount, external_id = await _operation_input(request)
         clean_id = "" if wire.text_problem(transaction_id) else transaction_id
+        actor = await run_in_threadpool(_actor, rt, token) if token.is_user else "api"
         outcome = await run_in_threadpool(
-            actions.run, rt, token, clean_id, kind, amount, external_id
+            lambda: actions.run(rt, token, clean_id, kind, amount, external_id, performed_by=actor)
         )
         tx = outcome.transaction
         return wire.json_response(

@@ -136,6 +136,7 @@ def claim(
     *,
     fingerprint_key: bytes,
     vault: CardVault,
+    enforce_hosts: bool = False,
 ) -> tuple[Transaction, Terminal]:
     """Insert the payment as NEW, taking its invoice; hold its card if it is to be saved."""
     terminal = merchants.terminal_of(session, ctx.token.merchant_id, terminal_id)
@@ -143,6 +144,15 @@ def claim(
         raise _reject("terminal not found for this client", body, code=464)
     if not terminal.accepts(body.currency):
         raise _reject(f"the terminal does not accept {body.currency}", body)
+    if enforce_hosts:  # production: links only to the terminal's allowed hosts
+        links = {
+            "postLink": body.post_link or ctx.token.post_link,
+            "failurePostLink": body.failure_post_link or ctx.token.failure_post_link,
+            "backLink": body.back_link,
+            "failureBackLink": body.failure_back_link,
+        }
+        if problem := merchants.link_problem(terminal, links):
+            raise _reject(problem, body)
     if body.is_verification and body.amount != 0:
         raise _reject("a card verification has amount 0", body, code=470)
     if not body.is_verification and body.amount <= 0:
@@ -350,6 +360,7 @@ def pay(
             card,
             fingerprint_key=rt.keys.fingerprint_key,
             vault=rt.vault,
+            enforce_hosts=not rt.settings.is_sandbox,
         )
     result = authorize(rt.acquirer_for(terminal), tx, terminal, card)
     if result is None:

@@ -29,6 +29,13 @@ def upgrade() -> None:
         "cabinet_sessions",
         sa.Column("kind", sa.String(length=8), server_default="web", nullable=False),
     )
+    op.add_column(
+        "cabinet_sessions",
+        sa.Column("family", sa.String(length=64), server_default="", nullable=False),
+    )
+    op.create_index(
+        op.f("ix_cabinet_sessions_family"), "cabinet_sessions", ["family"], unique=False
+    )
     op.create_index(
         "ix_transactions_merchant_created",
         "transactions",
@@ -39,7 +46,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_transactions_merchant_created", table_name="transactions")
+    op.drop_index(op.f("ix_cabinet_sessions_family"), table_name="cabinet_sessions")
     with op.batch_alter_table("cabinet_sessions") as batch:
+        batch.drop_column("family")
         batch.drop_column("kind")
     with op.batch_alter_table("operations") as batch:
         batch.drop_column("performed_by")
