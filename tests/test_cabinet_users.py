@@ -11,13 +11,22 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
-from tolem.cabinet.models import CabinetUser
+from tolem import sandbox
+from tolem.cabinet.models import CabinetSession, CabinetUser
 from tolem.cabinet.passwords import (
     PasswordError,
     hash_password,
     needs_rehash,
     verify_password,
+)
+from tolem.cabinet.sessions import (
+    IDLE_TIMEOUT,
+    SESSION_LIFETIME,
+    find_session,
+    look_up,
+    start_session,
 )
 from tolem.cabinet.users import (
     LOCK_TIME,
@@ -184,3 +193,36 @@ def test_the_cli_creates_lists_and_unlocks_users(tmp_path: Path) -> None:
         assert log_in(session, "ops@shop.kz", "s3cret-pass-1").result is LoginResult.OK
     database.dispose()
     assert b"s3cret-pass-1" not in (tmp_path / "cli.db").read_bytes()
+
+
+def test_sessions_are_looked_up_read_only_and_swept_at_logins(db: Database) -> None:
+    """A page view reads its session and writes only when it ended (deleted) or is due a
+    visit; every login deletes everyone's sessions past their end."""
+    now = utcnow()
+    with db.write() as session:
+        user = find_user(session, SANDBOX_EMAIL)
+        assert user is not None
+        token, _ = start_session(session, user, now=now)
+        someone = create_user(session, sandbox.CLIENT_ID, "sweep@shop.kz", "right-pass-1")
+        old_token, _ = start_session(session, someone, now=now - SESSION_LIFETIME)
+    with db.read() as session:
+        fresh = look_up(session, token, now + timedelta(seconds=5))
+        assert fresh is not None and not fresh.ended and not fresh.stale
+        due = look_up(session, token, now + timedelta(seconds=31))
+        assert due is not None and due.stale and not due.ended
+        ended = look_up(session, token, now + IDLE_TIMEOUT)
+        assert ended is not None and ended.ended and ended.user is None
+    with db.write() as session:  # a visit 31 s later is recorded
+        assert find_session(session, token, now + timedelta(seconds=31)) is not None
+    with db.read() as session:
+        rows = {r.id: r for r in session.scalars(select(CabinetSession))}
+        assert len(rows) == 2  # the old one waits for the next login
+        stored = [r for r in rows.values() if r.expires_at > now]
+        assert [r.last_seen_at for r in stored] == [now + timedelta(seconds=31)]
+    with db.write() as session:
+        user = find_user(session, SANDBOX_EMAIL)
+        assert user is not None
+        start_session(session, user, now=now + timedelta(seconds=40))
+    with db.read() as session:
+        assert look_up(session, old_token, now) is None  # another user's, swept
+        assert session.query(CabinetSession).count() == 2

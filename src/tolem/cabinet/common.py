@@ -21,7 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import RedirectResponse, Response
 
-from tolem.cabinet.sessions import find_session
+from tolem.cabinet.sessions import look_up, settle
+from tolem.db.base import utcnow
 from tolem.merchants.models import Merchant
 from tolem.pages import TEXT, render
 from tolem.runtime import Runtime
@@ -170,19 +171,27 @@ class Who:
 
 
 def _who(rt: Runtime, token: str | None) -> Who | None:
-    with rt.db.write() as session:
-        found = find_session(session, token)
+    """The session's user: read in a read-only transaction; a write only when the
+    session ended (deleted) or its last visit is due an update (every 30 s at most)."""
+    now = utcnow()
+    with rt.db.read() as session:
+        found = look_up(session, token, now)
         if found is None:
             return None
-        row, user = found
-        merchant = session.get(Merchant, user.merchant_id)
-        return Who(
-            user_id=user.id,
-            email=user.email,
-            merchant_id=user.merchant_id,
-            merchant_name=merchant.name if merchant else "",
-            csrf=row.csrf_token,
-        )
+        user = found.user
+        merchant = session.get(Merchant, user.merchant_id) if user is not None else None
+    if found.ended or found.stale:
+        with rt.db.write() as session:
+            settle(session, found, now)
+    if found.ended or user is None:
+        return None
+    return Who(
+        user_id=user.id,
+        email=user.email,
+        merchant_id=user.merchant_id,
+        merchant_name=merchant.name if merchant else "",
+        csrf=found.row.csrf_token,
+    )
 
 
 async def who_is(rt: Runtime, request: Request) -> Who | None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.orm import Session
 
 from tolem.cabinet.models import CabinetSession, CabinetUser
@@ -21,8 +22,11 @@ from tolem.db.base import utcnow
 __all__ = [
     "IDLE_TIMEOUT",
     "SESSION_LIFETIME",
+    "Found",
     "end_session",
     "find_session",
+    "look_up",
+    "settle",
     "start_session",
 ]
 
@@ -43,7 +47,13 @@ def start_session(
 ) -> tuple[str, CabinetSession]:
     """A new session of ``user``: the cookie's token (shown only now) and the row."""
     now = now or utcnow()
-    # The user's own ended sessions go now: the table holds no dead rows for long.
+    # Ended sessions go now, everyone's past their end and the user's own idle ones:
+    # the table holds no dead rows for long.
+    session.execute(
+        delete(CabinetSession)
+        .where(CabinetSession.expires_at <= now)
+        .execution_options(synchronize_session=False)
+    )
     session.execute(
         delete(CabinetSession)
         .where(CabinetSession.user_id == user.id)
@@ -70,25 +80,64 @@ def start_session(
     return token, row
 
 
-def find_session(
-    session: Session, token: str | None, now: datetime | None = None
-) -> tuple[CabinetSession, CabinetUser] | None:
-    """The live session the cookie names, and its user; ended sessions are deleted."""
+@dataclass(frozen=True)
+class Found:
+    """What a cookie's token names: the row and its user, and whether the session has
+    ended (then it is to be deleted) or is due a ``last_seen_at`` update."""
+
+    row: CabinetSession
+    user: CabinetUser | None
+    ended: bool
+    stale: bool
+
+
+def look_up(session: Session, token: str | None, now: datetime) -> Found | None:
+    """The web session the token names, read only: no write, so a page view on SQLite
+    takes no write lock unless the session ended or is due a touch."""
     if not token or len(token) > _MAX_COOKIE:
         return None
-    now = now or utcnow()
     row = session.get(CabinetSession, session_id(token))
     if row is None or row.kind != "web":  # a cabinet API refresh token opens no page
         return None
-    if row.expires_at <= now or row.last_seen_at + IDLE_TIMEOUT <= now:
-        session.delete(row)
+    ended = row.expires_at <= now or row.last_seen_at + IDLE_TIMEOUT <= now
+    user = None if ended else session.get(CabinetUser, row.user_id)
+    return Found(row, user, ended, now - row.last_seen_at >= _TOUCH_EVERY)
+
+
+def settle(session: Session, found: Found, now: datetime) -> None:
+    """The write a look-up asked for: delete an ended session, or record the visit
+    (conditionally, so two requests at once write it once)."""
+    if found.ended:
+        session.execute(
+            delete(CabinetSession)
+            .where(CabinetSession.id == found.row.id)
+            .execution_options(synchronize_session=False)
+        )
+    elif found.stale:
+        session.execute(
+            update(CabinetSession)
+            .where(
+                CabinetSession.id == found.row.id,
+                CabinetSession.last_seen_at == found.row.last_seen_at,
+            )
+            .values(last_seen_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def find_session(
+    session: Session, token: str | None, now: datetime | None = None
+) -> tuple[CabinetSession, CabinetUser] | None:
+    """The live session the cookie names, and its user; ended sessions are deleted and
+    visits recorded, in ``session`` (a write transaction)."""
+    now = now or utcnow()
+    found = look_up(session, token, now)
+    if found is None:
         return None
-    user = session.get(CabinetUser, row.user_id)
-    if user is None:
+    settle(session, found, now)
+    if found.ended or found.user is None:
         return None
-    if now - row.last_seen_at >= _TOUCH_EVERY:
-        row.last_seen_at = now
-    return row, user
+    return found.row, found.user
 
 
 def end_session(session: Session, token: str | None) -> bool:
