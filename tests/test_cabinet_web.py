@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -88,7 +88,7 @@ def test_login_sets_a_strict_cookie_and_lists_a_payment(
     assert "httponly" in cookie and "samesite=strict" in cookie and "path=/cabinet" in cookie
     assert "secure" not in cookie  # plain http here; https gets Secure
     home = client.get("/cabinet/")
-    assert (home.status_code, home.headers["location"]) == (303, "/cabinet/transactions")
+    assert (home.status_code, home.headers["location"]) == (303, "/cabinet/dashboard")
     page = client.get("/cabinet/transactions")
     assert page.status_code == 200
     csp = page.headers["content-security-policy"]
@@ -101,7 +101,7 @@ def test_login_sets_a_strict_cookie_and_lists_a_payment(
     assert "100.00 KZT" in row.group(0) and "AUTH" in row.group(0)
     assert paid.json()["reference"] in row.group(0) and "440563...5096" in row.group(0)
     # Logged in, the login page sends you on.
-    assert client.get("/cabinet/login").headers["location"] == "/cabinet/transactions"
+    assert client.get("/cabinet/login").headers["location"] == "/cabinet/"
 
 
 def test_a_wrong_password_is_401_and_sets_no_session(
@@ -236,7 +236,8 @@ def test_the_invoice_and_status_filters(gateway: Gateway, client: httpx.Client) 
     assert good in listed(user, status="AUTH") and bad not in listed(user, status="AUTH")
     assert listed(user, invoice=good, status="FAILED") == []
     assert listed(user, invoice=bad, status="FAILED") == [bad]
-    assert good in listed(user, status="nonsense")  # an unknown status filters nothing
+    unknown = user.get("/cabinet/transactions", params={"status": "nonsense", "lang": "en"})
+    assert unknown.status_code == 400 and "There is no such status." in unknown.text
     page = user.get("/cabinet/transactions", params={"status": "FAILED"})
     assert '<option value="FAILED" selected>' in page.text
     user.close()
@@ -291,7 +292,7 @@ def test_pages_of_fifty_walk_back_by_keyset(gateway: Gateway, database: Database
     assert walked == expected
     assert listed(user, limit="500") == expected  # capped at 200, and 55 fit
     assert len(listed(user, limit="0")) == 1
-    assert listed(user, before="garbage") == expected[:50]
+    assert user.get("/cabinet/transactions", params={"before": "garbage"}).status_code == 400
     user.close()
 
 
@@ -646,3 +647,172 @@ def test_a_confirmation_posted_twice_at_once_operates_once(
     )
     assert row.n == 1
     user.close()
+
+
+# --- the list's filters ---------------------------------------------------------------
+
+#: (status, day, amount, card mask, account) of the rows the filter tests seed, newest
+#: last; the invoice is "8" and the row's number.
+FILTER_ROWS = [
+    ("CHARGE", 1, "100.00", "440563...5096", "alice"),
+    ("CHARGE", 1, "250.50", "440563...1111", "bob"),
+    ("FAILED", 2, "100.00", "539545...5096", ""),
+    ("AUTH", 2, "999.99", "440563...5096", "alice"),
+    ("REFUND", 3, "1000.00", "400000...2222", "carol"),
+    ("CHARGE", 3, "0.01", "", "alice"),
+    ("CANCEL", 4, "5000.00", "440563...5096", "bob"),
+    ("CHARGE", 5, "100.00", "539545...1111", "alice"),
+    ("FAILED", 5, "42.00", "440563...5096", "carol"),
+    ("CHARGE", 6, "100.00", "440563...5096", "alice"),
+    ("CHARGE", 6, "100.00", "440563...5096", "alice"),
+    ("AUTH", 7, "77.70", "444444...5096", "dave"),
+]
+
+
+@pytest.fixture
+def filtered(
+    gateway: Gateway, database: Database
+) -> Iterator[tuple[httpx.Client, list[Transaction]]]:
+    """A merchant of its own with FILTER_ROWS (days of November 2026, UTC) and its user."""
+    creds = new_merchant(gateway, "Filtered shop")
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    rows = []
+    with database.write() as session:
+        for n, (status, day, amount, mask, account) in enumerate(FILTER_ROWS):
+            tx = Transaction(
+                merchant_id=creds["merchantId"],
+                terminal_id=creds["terminalId"],
+                invoice_id=f"8{n:08d}",
+                amount=Decimal(amount),
+                currency="KZT",
+                status=status,
+                card_mask=mask,
+                account_id=account,
+                # Day boundaries: the first row of a day at 00:00:00, the last at 23:59:59.
+                created_at=start + timedelta(days=day - 1, seconds=(n % 2) * 86399),
+            )
+            session.add(tx)
+            rows.append(tx)
+    user = logged_in(gateway, new_user(gateway, creds["clientId"]), "right-pass-1")
+    newest_first = sorted(rows, key=lambda tx: (tx.created_at, tx.id), reverse=True)
+    yield user, newest_first
+    user.close()
+
+
+def walk(user: httpx.Client, **params: str) -> list[list[str]]:
+    """Every page of the filtered list, following "older" links; checks each page keeps
+    the filters in its form and links."""
+    pages: list[list[str]] = []
+    page = user.get("/cabinet/transactions", params=params)
+    while True:
+        assert page.status_code == 200, page.text
+        pages.append(re.findall(r'<tr data-invoice="([^"]*)"', page.text))
+        for name, value in params.items():
+            if name != "limit":
+                assert f'name="{name}" value="{value}"' in page.text or (
+                    f'<option value="{value}" selected>' in page.text
+                ), (name, page.text)
+        older = re.search(r'<a href="([^"]+)" id="older">', page.text)
+        if older is None:
+            return pages
+        url = older.group(1).replace("&amp;", "&")
+        for name, value in params.items():
+            assert httpx.URL(url).params.get(name) == value, (name, url)
+        page = user.get(url)
+        newest = re.search(r'<a href="([^"]+)" id="newest">', page.text)
+        assert newest is not None
+        assert httpx.URL(newest.group(1).replace("&amp;", "&")).params.get("before") is None
+
+
+def test_each_filter_over_http_with_disjoint_pages(
+    filtered: tuple[httpx.Client, list[Transaction]],
+) -> None:
+    user, rows = filtered
+
+    def only(test: Callable[[Transaction], bool]) -> list[str]:
+        return [tx.invoice_id for tx in rows if test(tx)]
+
+    cases: list[tuple[dict[str, str], list[str]]] = [
+        ({}, only(lambda tx: True)),
+        ({"status": "CHARGE"}, only(lambda tx: tx.status == "CHARGE")),
+        ({"invoice": "800000004"}, ["800000004"]),
+        ({"invoice": "80000000"}, []),  # exact, not a prefix
+        # Dates are UTC days; "to" is inclusive (23:59:59 of day 3 is in, day 4 is not).
+        ({"from": "2026-11-02", "to": "2026-11-03"}, only(lambda tx: tx.created_at.day in (2, 3))),
+        ({"from": "2026-11-06"}, only(lambda tx: tx.created_at.day >= 6)),
+        ({"to": "2026-11-01"}, only(lambda tx: tx.created_at.day == 1)),
+        ({"amount_min": "100", "amount_max": "100"}, only(lambda tx: tx.amount == 100)),
+        ({"amount_min": "100,5"}, only(lambda tx: tx.amount >= Decimal("100.5"))),
+        ({"amount_max": "0.01"}, only(lambda tx: tx.amount <= Decimal("0.01"))),
+        (
+            {"amount_min": "42", "amount_max": "999.99"},
+            only(lambda tx: 42 <= tx.amount <= Decimal("999.99")),
+        ),
+        ({"card": "5096"}, only(lambda tx: tx.card_mask.endswith("5096"))),
+        ({"card": "440563"}, only(lambda tx: tx.card_mask.startswith("440563"))),
+        ({"card": "440563...5096"}, only(lambda tx: tx.card_mask == "440563...5096")),
+        ({"card": "4405 63** **** 5096"}, only(lambda tx: tx.card_mask == "440563...5096")),
+        ({"card": "4405635096"}, only(lambda tx: tx.card_mask == "440563...5096")),
+        ({"card": "...1111"}, only(lambda tx: tx.card_mask.endswith("1111"))),
+        ({"account": "alice"}, only(lambda tx: tx.account_id == "alice")),
+        ({"account": "alic"}, []),
+        (
+            {"status": "CHARGE", "card": "5096", "account": "alice", "from": "2026-11-02"},
+            only(
+                lambda tx: (
+                    tx.status == "CHARGE"
+                    and tx.card_mask.endswith("5096")
+                    and tx.account_id == "alice"
+                    and tx.created_at.day >= 2
+                )
+            ),
+        ),
+    ]
+    for params, expected in cases:
+        assert expected or "invoice" in params or "account" in params, params
+        # One page of everything, and pages of two: disjoint, in order, all of it.
+        assert listed(user, **params) == expected, params
+        pages = walk(user, **params, limit="2")
+        flat = [invoice for page in pages for invoice in page]
+        assert flat == expected, (params, pages)
+        assert len(set(flat)) == len(flat)
+        assert all(len(page) == 2 for page in pages[:-1]), pages
+    assert len(walk(user, status="CHARGE", limit="2")) == 3  # 6 rows: the pager was used
+    page = user.get("/cabinet/transactions", params={"status": "AUTH", "card": "5096"})
+    assert '<option value="AUTH" selected>' in page.text and 'id="reset"' in page.text
+
+
+def test_bad_filters_are_400_with_a_message(
+    filtered: tuple[httpx.Client, list[Transaction]],
+) -> None:
+    user, _rows = filtered
+    cases = {
+        "Dates are YYYY-MM-DD": {"from": "30.11.2026"},
+        "Dates are YYYY-MM-DD, ": {"to": "2026-02-30"},
+        "The “from” date is after the “to” date.": {"from": "2026-11-05", "to": "2026-11-04"},
+        "An amount is a number": {"amount_min": "ten"},
+        "An amount is a number, ": {"amount_max": "1.001"},
+        "An amount is a number,": {"amount_min": "-5"},
+        "The “from” amount is above the “to” amount.": {"amount_min": "10", "amount_max": "9"},
+        "Card: the first 6 and/or the last 4 digits": {"card": "50961"},
+        "Card: the first 6 and/or the last 4 digits,": {"card": "44056*5096"},
+        "There is no such status.": {"status": "PAID"},
+        "Too long": {"account": "a" * 101},
+        "The page link is damaged": {"before": "2026-11-01T00:00:00~"},
+        "The page link is damaged;": {"limit": "many"},
+    }
+    for message, params in cases.items():
+        page = user.get("/cabinet/transactions", params=params | {"lang": "en"})
+        assert page.status_code == 400, (params, page.text)
+        shown = re.search(r'<p class="error" id="filter-error" role="alert">([^<]*)</p>', page.text)
+        assert shown is not None and shown.group(1).startswith(message.rstrip(", ")), params
+        assert "<tbody>" not in page.text and 'aria-invalid="true"' in page.text
+        for value in params.values():
+            if len(value) <= 100 and not value.startswith("2026-11-01T"):
+                assert f'value="{value}"' in page.text or value in ("PAID", "many"), params
+    # A whole card number is refused and never shown back.
+    pan = user.get("/cabinet/transactions", params={"card": "4405639704015096"})
+    assert pan.status_code == 400 and "4405639704015096" not in pan.text
+    escaped = user.get("/cabinet/transactions", params={"account": "<b>x</b>"})
+    assert escaped.status_code == 200 and "<b>x</b>" not in escaped.text
+    assert "&lt;b&gt;x&lt;/b&gt;" in escaped.text

@@ -26,15 +26,17 @@ even posted twice at once, and every rule of the API applies as is.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request
-from sqlalchemy import and_, or_, select
+from sqlalchemy import Select, and_, func, literal_column, or_, select
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -66,7 +68,7 @@ from tolem.cabinet.users import LoginResult, log_in
 from tolem.notifications import service as notifications
 from tolem.notifications.models import DeliveryAttempt, Notification
 from tolem.operations import actions
-from tolem.pages import amount_text
+from tolem.pages import add_texts, amount_text
 from tolem.payments.models import Operation, Status, Transaction, TransactionEvent
 from tolem.runtime import Runtime, runtime
 
@@ -114,7 +116,7 @@ async def login_form(request: Request, rt: Annotated[Runtime, Depends(runtime)])
     if SESSION_COOKIE in request.cookies:
         who = await who_is(rt, request)
         if who is not None:
-            return redirect("/cabinet/transactions")
+            return redirect("/cabinet/")
     return _login_page(rt, request)
 
 
@@ -188,32 +190,180 @@ async def home(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Re
     return redirect("/cabinet/dashboard")
 
 
+# --- the list ------------------------------------------------------------------------
+
+add_texts(
+    {
+        "ru": {
+            "cab_date_from": "С даты",
+            "cab_date_to": "По дату",
+            "cab_amount_min": "Сумма от",
+            "cab_amount_max": "Сумма до",
+            "cab_card_filter": "Карта: 6 первых и/или 4 последних цифры",
+            "cab_bad_date": "Дата — в формате ГГГГ-ММ-ДД, например 2026-11-30.",
+            "cab_bad_dates": "Дата «с» позже даты «по».",
+            "cab_bad_filter_amount": "Сумма — число не меньше нуля, не более двух знаков "
+            "после запятой.",
+            "cab_bad_amounts": "Сумма «от» больше суммы «до».",
+            "cab_bad_card": "Карта: первые 6 и/или последние 4 цифры, например 440563, 5096 "
+            "или 440563...5096.",
+            "cab_bad_status": "Такого статуса нет.",
+            "cab_bad_text": "Слишком длинное значение (не более 100 знаков).",
+            "cab_bad_page": "Ссылка на страницу повреждена; начните с последних транзакций.",
+        },
+        "en": {
+            "cab_date_from": "From date",
+            "cab_date_to": "To date",
+            "cab_amount_min": "Amount from",
+            "cab_amount_max": "Amount to",
+            "cab_card_filter": "Card: first 6 and/or last 4 digits",
+            "cab_bad_date": "Dates are YYYY-MM-DD, for example 2026-11-30.",
+            "cab_bad_dates": "The “from” date is after the “to” date.",
+            "cab_bad_filter_amount": "An amount is a number, zero or more, with at most two "
+            "decimal places.",
+            "cab_bad_amounts": "The “from” amount is above the “to” amount.",
+            "cab_bad_card": "Card: the first 6 and/or the last 4 digits, for example 440563, "
+            "5096 or 440563...5096.",
+            "cab_bad_status": "There is no such status.",
+            "cab_bad_text": "Too long (100 characters at most).",
+            "cab_bad_page": "The page link is damaged; start again from the newest payments.",
+        },
+    }
+)
+
+#: The list's query parameters, in the order of the form (and of the links).
+FILTER_FIELDS = ("from", "to", "status", "invoice", "amount_min", "amount_max", "card", "account")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_MASK_CHARS = re.compile(r"[\s\-]")
+_HIDDEN = re.compile(r"[.*xX\u2022]+")  # what stands for the hidden digits: ..., ****, xx
+#: ePay's card mask is always "440563...5096": first six, three dots, last four.
+#: substr(card_mask, 1, 6) and substr(card_mask, 10) are the indexed expressions
+#: (migration 0009); the literals stay literals so that the planner matches the index.
+card_first6_of = func.substr(Transaction.card_mask, literal_column("1"), literal_column("6"))
+card_last4_of = func.substr(Transaction.card_mask, literal_column("10"))
+
+
+class FilterError(ValueError):
+    """A filter the list cannot apply: ``key`` names the message (texts), ``field`` the
+    input it is about."""
+
+    def __init__(self, field: str, key: str) -> None:
+        super().__init__(f"{field}: {key}")
+        self.field = field
+        self.key = key
+
+
 @dataclass(frozen=True)
-class _Filter:
-    invoice: str
-    status: str
-    limit: int
-    before: tuple[datetime, str] | None
+class ListFilter:
+    """What GET /cabinet/transactions asks for; every part optional, combined with AND.
+
+    ``text`` keeps the inputs as typed (trimmed): the form shows them again and the
+    pager's links carry them on.
+    """
+
+    text: dict[str, str] = field(default_factory=dict)
+    status: str = ""
+    invoice: str = ""
+    account: str = ""
+    since: datetime | None = None  # created_at >= since (the "from" day, 00:00 UTC)
+    until: datetime | None = None  # created_at < until (the day after "to", 00:00 UTC)
+    amount_min: Decimal | None = None
+    amount_max: Decimal | None = None
+    card_first6: str = ""
+    card_last4: str = ""
+    limit: int = PAGE_SIZE
+    before: tuple[datetime, str] | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(self.text.get(name) for name in FILTER_FIELDS)
 
     def query(self, **change: str) -> str:
-        values = {"invoice": self.invoice, "status": self.status}
+        values = {name: self.text.get(name, "") for name in FILTER_FIELDS}
         if self.limit != PAGE_SIZE:
             values["limit"] = str(self.limit)
         values |= change
         return urlencode({k: v for k, v in values.items() if v})
 
 
-def _filter(request: Request) -> _Filter:
-    q = request.query_params
-    invoice = q.get("invoice", "").strip()[:64]
-    status = q.get("status", "")
-    if status not in STATUSES:
-        status = ""
+def _day(name: str, raw: str) -> date | None:
+    if not raw:
+        return None
+    if not _DATE.fullmatch(raw):
+        raise FilterError(name, "cab_bad_date")
     try:
-        limit = max(1, min(MAX_PAGE_SIZE, int(q.get("limit", PAGE_SIZE))))
+        return date.fromisoformat(raw)
     except ValueError:
-        limit = PAGE_SIZE
-    return _Filter(invoice, status, limit, _cursor(q.get("before", "")))
+        raise FilterError(name, "cab_bad_date") from None
+
+
+def _money(name: str, raw: str) -> Decimal | None:
+    if not raw:
+        return None
+    cleaned = raw.replace(",", ".").replace("\u00a0", "").replace(" ", "")
+    try:
+        return fields.amount(cleaned, allow_zero=True)
+    except fields.FieldError:
+        raise FilterError(name, "cab_bad_filter_amount") from None
+
+
+def card_digits(raw: str) -> tuple[str, str]:
+    """(first six, last four) from what the user typed: ``440563`` (first six),
+    ``5096`` (last four), ``4405635096`` or a mask such as ``440563...5096``,
+    ``4405 63** **** 5096``, ``...5096`` or ``440563...``. Anything else, a full card
+    number included, raises FilterError."""
+    typed = _MASK_CHARS.sub("", raw)
+    if typed.isdigit() and len(typed) in (4, 6, 10):
+        if len(typed) == 4:
+            return "", typed
+        return typed[:6], typed[6:]
+    found = re.fullmatch(r"(\d{6})?" + _HIDDEN.pattern + r"(\d{4})?", typed)
+    if found is None or not (found.group(1) or found.group(2)):
+        raise FilterError("card", "cab_bad_card")
+    return found.group(1) or "", found.group(2) or ""
+
+
+def _text(name: str, raw: str) -> str:
+    if len(raw) > 100 or wire.text_problem(raw):
+        raise FilterError(name, "cab_bad_text")
+    return raw
+
+
+def parse_filter(params: Mapping[str, str]) -> ListFilter:
+    """The list's query parameters, checked: a ListFilter, or FilterError."""
+    text = {name: params.get(name, "").strip()[:200] for name in FILTER_FIELDS}
+    status = text["status"]
+    if status and status not in STATUSES:
+        raise FilterError("status", "cab_bad_status")
+    start, end = _day("from", text["from"]), _day("to", text["to"])
+    if start and end and start > end:
+        raise FilterError("to", "cab_bad_dates")
+    low, high = _money("amount_min", text["amount_min"]), _money("amount_max", text["amount_max"])
+    if low is not None and high is not None and low > high:
+        raise FilterError("amount_max", "cab_bad_amounts")
+    first6, last4 = card_digits(text["card"]) if text["card"] else ("", "")
+    try:
+        limit = max(1, min(MAX_PAGE_SIZE, int(params.get("limit", PAGE_SIZE))))
+    except ValueError:
+        raise FilterError("limit", "cab_bad_page") from None
+    before = params.get("before", "")
+    cursor = _cursor(before) if before else None
+    if before and cursor is None:
+        raise FilterError("before", "cab_bad_page")
+    return ListFilter(
+        text=text,
+        status=status,
+        invoice=_text("invoice", text["invoice"]),
+        account=_text("account", text["account"]),
+        since=None if start is None else datetime.combine(start, time(), UTC),
+        until=None if end is None else datetime.combine(end + timedelta(days=1), time(), UTC),
+        amount_min=low,
+        amount_max=high,
+        card_first6=first6,
+        card_last4=last4,
+        limit=limit,
+        before=cursor,
+    )
 
 
 def _cursor(value: str) -> tuple[datetime, str] | None:
@@ -228,24 +378,46 @@ def _cursor(value: str) -> tuple[datetime, str] | None:
     return (moment, tx_id) if moment.tzinfo is not None else None
 
 
-def _transactions(rt: Runtime, merchant_id: str, wanted: _Filter) -> tuple[list[Any], str]:
-    """One page of the merchant's transactions, and the cursor of the next (or "")."""
-    stmt = select(Transaction).where(Transaction.merchant_id == merchant_id)
-    if wanted.invoice:
-        stmt = stmt.where(Transaction.invoice_id == wanted.invoice)
+def transactions_query(merchant_id: str, wanted: ListFilter) -> Select[Transaction]:
+    """The statement behind one page of the list: the merchant's transactions that
+    match, newest first, one more than a page (to know whether there is an older one).
+    bench/cabinet_search.py times this very statement."""
+    tx = Transaction
+    stmt = select(tx).where(tx.merchant_id == merchant_id)
     if wanted.status:
-        stmt = stmt.where(Transaction.status == wanted.status)
+        stmt = stmt.where(tx.status == wanted.status)
+    if wanted.invoice:
+        stmt = stmt.where(tx.invoice_id == wanted.invoice)
+    if wanted.account:
+        stmt = stmt.where(tx.account_id == wanted.account)
+    if wanted.since is not None:
+        stmt = stmt.where(tx.created_at >= wanted.since)
+    if wanted.until is not None:
+        stmt = stmt.where(tx.created_at < wanted.until)
+    if wanted.amount_min is not None and wanted.amount_min == wanted.amount_max:
+        stmt = stmt.where(tx.amount == wanted.amount_min)  # the index, in date order
+    else:
+        if wanted.amount_min is not None:
+            stmt = stmt.where(tx.amount >= wanted.amount_min)
+        if wanted.amount_max is not None:
+            stmt = stmt.where(tx.amount <= wanted.amount_max)
+    if wanted.card_first6:
+        stmt = stmt.where(card_first6_of == wanted.card_first6)
+    if wanted.card_last4:
+        stmt = stmt.where(card_last4_of == wanted.card_last4)
     if wanted.before is not None:
         at, tx_id = wanted.before
+        # The first condition alone bounds an index range; the second breaks ties.
         stmt = stmt.where(
-            or_(
-                Transaction.created_at < at,
-                and_(Transaction.created_at == at, Transaction.id < tx_id),
-            )
+            tx.created_at <= at, or_(tx.created_at < at, and_(tx.created_at == at, tx.id < tx_id))
         )
-    stmt = stmt.order_by(Transaction.created_at.desc(), Transaction.id.desc())
+    return stmt.order_by(tx.created_at.desc(), tx.id.desc()).limit(wanted.limit + 1)
+
+
+def _transactions(rt: Runtime, merchant_id: str, wanted: ListFilter) -> tuple[list[Any], str]:
+    """One page of the merchant's transactions, and the cursor of the next (or "")."""
     with rt.db.read() as session:
-        rows = list(session.scalars(stmt.limit(wanted.limit + 1)))
+        rows = list(session.scalars(transactions_query(merchant_id, wanted)))
     more = len(rows) > wanted.limit
     rows = rows[: wanted.limit]
     cursor = f"{rows[-1].created_at.isoformat()}~{rows[-1].id}" if more and rows else ""
@@ -257,7 +429,29 @@ async def transactions(request: Request, rt: Annotated[Runtime, Depends(runtime)
     who = await who_is(rt, request)
     if who is None:
         return to_login(rt, request)
-    wanted = _filter(request)
+    try:
+        wanted = parse_filter(request.query_params)
+    except FilterError as exc:
+        q = request.query_params
+        typed = {name: q.get(name, "").strip()[:100] for name in FILTER_FIELDS}
+        if exc.field == "card" and sum(c.isdigit() for c in typed["card"]) > 10:
+            typed["card"] = ""  # perhaps a whole card number: never shown again
+        return page(
+            rt,
+            request,
+            "cabinet_transactions.html",
+            status_code=400,
+            section="transactions",
+            user=who,
+            csrf=who.csrf,
+            rows=[],
+            wanted=ListFilter(text=typed),
+            statuses=STATUSES,
+            error=texts(request)[exc.key],
+            bad=exc.field,
+            older="",
+            newest="/cabinet/transactions",
+        )
     rows, cursor = await run_in_threadpool(_transactions, rt, who.merchant_id, wanted)
     return page(
         rt,
@@ -269,6 +463,8 @@ async def transactions(request: Request, rt: Annotated[Runtime, Depends(runtime)
         rows=rows,
         wanted=wanted,
         statuses=STATUSES,
+        error="",
+        bad="",
         older=f"/cabinet/transactions?{wanted.query(before=cursor)}" if cursor else "",
         newest=f"/cabinet/transactions?{wanted.query()}" if wanted.before else "",
     )
