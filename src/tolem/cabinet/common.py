@@ -115,12 +115,38 @@ def texts(request: Request) -> dict[str, str]:
     return TEXT.get(language(request)[0], TEXT["ru"])
 
 
+#: Query parameters a language switch drops: the language itself, and a signed message
+#: written in the old language.
+_NOT_KEPT = {"lang", "outcome", "message", "sig"}
+
+
+def lang_links(request: Request) -> dict[str, str]:
+    """Where each language link leads: this page with its filters (a GET), or, for the
+    answer to a POST (a confirmation, a form with errors), the page it belongs to — the
+    transaction, or the section — since a link cannot repeat a POST."""
+    if request.method == "GET":
+        path = request.url.path
+        kept = [(k, v) for k, v in request.query_params.multi_items() if k not in _NOT_KEPT]
+    else:
+        parts = request.url.path.strip("/").split("/")
+        keep = 3 if parts[1:2] == ["transactions"] and len(parts) > 3 else 2
+        path = "/" + "/".join(parts[:keep])
+        kept = []
+    return {code: f"{path}?{urlencode([*kept, ('lang', code)])}" for code in LANGUAGES}
+
+
 def page(
     rt: Runtime, request: Request, template: str, *, status_code: int = 200, **context: Any
 ) -> Response:
     lang, chosen = language(request)
     response = render(
-        template, lang=lang, status_code=status_code, languages=LANGUAGES, **_PAGE, **context
+        template,
+        lang=lang,
+        status_code=status_code,
+        languages=LANGUAGES,
+        lang_links=lang_links(request),
+        **_PAGE,
+        **context,
     )
     # Chromium sends "Origin: null" with every POST of a no-referrer page; same-origin
     # keeps the Origin check working and still tells other sites nothing.
