@@ -477,6 +477,12 @@ TOKEN_BODIES: dict[str, tuple[Any, str, int, str]] = {
     "json-broken": (b'{"grant_type":', "application/json", 400, "not valid JSON"),
     "json-deep": (b"[" * 10_000, "application/json", 400, "nested deeper"),
     "json-surrogate": (b'{"grant_type": "\\ud800"}', "application/json", 400, "surrogate"),
+    "json-object-value": (
+        b'{"grant_type": "password", "username": "epay@halykbank.kz", "password": {"a": 1}}',
+        "application/json",
+        400,
+        "password: a string or a number is expected",
+    ),
     "file-upload": (FILE, "", 400, "files are not accepted"),
 }
 

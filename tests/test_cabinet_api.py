@@ -3,9 +3,12 @@ POST /operations, through real HTTP against a running gateway (SQLite and Postgr
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +29,7 @@ from tests.support import (
     token,
 )
 from tolem import sandbox
+from tolem.cabinet.models import CabinetSession
 
 SCOPE = "webapi usermanagement email_send verification statement statistics payment"
 PASSWORD = "right-pass-1"
@@ -192,6 +196,39 @@ def test_a_user_of_another_merchant_is_refused_and_not_locked(gateway: Gateway) 
         assert mine["access_token"]
 
 
+def _seconds(call: Any) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def test_an_unknown_user_costs_as_much_as_a_wrong_password(gateway: Gateway) -> None:
+    """No timing oracle: a wrong password costs one scrypt, so an unknown address must
+    cost one too (before the fix it answered in a few milliseconds)."""
+    email = new_user(gateway)
+    with gateway.client() as client:
+
+        def wrong() -> None:
+            assert grant(client, email, "wrong-pass-1").status_code == 401
+
+        def unknown() -> None:
+            assert grant(client, "nobody-at-all@shop.kz", "wrong-pass-1").status_code == 401
+
+        wrong_time = min(_seconds(wrong) for _ in range(2))  # two: the third would lock
+        unknown_time = min(_seconds(unknown) for _ in range(3))
+    assert unknown_time > 0.4 * wrong_time, (unknown_time, wrong_time)
+
+
+def test_a_username_longer_than_an_email_is_refused(gateway: Gateway) -> None:
+    email = new_user(gateway)
+    with gateway.client() as client:
+        # Refused whole with a 400 naming the field, not silently cut to 254 characters.
+        answer = grant(client, email + "x" * (255 - len(email)), PASSWORD)
+        assert answer.status_code == 400
+        assert answer.json()["message"] == "username: at most 254 characters"
+        assert grant(client, email, PASSWORD).status_code == 200
+
+
 # --- refresh tokens ------------------------------------------------------------------
 
 
@@ -219,6 +256,105 @@ def test_refresh_rotates_and_a_reused_token_ends_the_family(gateway: Gateway) ->
         # Another sign-in's family is untouched.
         again = user_tokens(client, email)
         assert refresh(client, again["refresh_token"]).status_code == 200
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def test_refresh_tokens_are_stored_hashed(gateway: Gateway) -> None:
+    email = new_user(gateway)
+    with gateway.client() as client:
+        live = user_tokens(client, email)["refresh_token"]
+    rows = query(gateway.database_url, "SELECT id, kind FROM cabinet_sessions")
+    assert live not in {row.id for row in rows}
+    assert (_digest(live), "refresh") in {(row.id, row.kind) for row in rows}
+
+
+def test_concurrent_refreshes_with_one_token_issue_at_most_one(gateway: Gateway) -> None:
+    """Clients racing with one token: at most one new token, a loser is told of the
+    reuse, and the reuse ends the family, the winner's new token too."""
+    email = new_user(gateway)
+    with gateway.client() as client:
+        live = user_tokens(client, email)["refresh_token"]
+    racers = 6
+    start = threading.Barrier(racers)
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def race() -> None:
+        with gateway.client() as mine:
+            start.wait()
+            answer = refresh(mine, live)
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=race) for _ in range(racers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == racers
+    won = [answer for answer in answers if answer.status_code == 200]
+    assert len(won) <= 1, [answer.text for answer in won]
+    lost = [answer for answer in answers if answer.status_code != 200]
+    assert {answer.status_code for answer in lost} == {401}
+    # The first loser is told of the reuse (and ends the family); later ones find no
+    # token at all.
+    messages = [answer.json()["message"] for answer in lost]
+    assert any(message.startswith("refresh token already used") for message in messages)
+    assert all(
+        message.startswith("refresh token already used") or message == "invalid refresh token"
+        for message in messages
+    ), messages
+    with gateway.client() as client:
+        for answer in won:
+            newest = refresh(client, answer.json()["refresh_token"])
+            assert newest.status_code == 401
+            assert newest.json()["message"] == "invalid refresh token"
+    left = query(
+        gateway.database_url,
+        "SELECT s.kind FROM cabinet_sessions s JOIN cabinet_users u ON u.id = s.user_id "
+        "WHERE u.email = :e",
+        e=email,
+    )
+    assert left == []
+
+
+def test_an_expired_refresh_token_is_refused_and_its_family_ends(gateway: Gateway) -> None:
+    email = new_user(gateway)
+    with gateway.client() as client:
+        first = user_tokens(client, email)["refresh_token"]
+        second = refresh(client, first)
+        assert second.status_code == 200, second.text
+        live = second.json()["refresh_token"]
+        engine = sa.create_engine(gateway.database_url)
+        try:
+            with engine.begin() as conn:
+                moved = conn.execute(
+                    sa.update(CabinetSession)
+                    .where(CabinetSession.id == _digest(live))
+                    .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+                )
+                assert moved.rowcount == 1
+        finally:
+            engine.dispose()
+        expired = refresh(client, live)
+        assert expired.status_code == 401
+        assert expired.json()["message"] == (
+            "refresh token expired; sign in again with the password"
+        )
+        # The family's rows are gone: the spent one answers "invalid" now, not "reused".
+        assert refresh(client, first).json()["message"] == "invalid refresh token"
+    assert (
+        query(
+            gateway.database_url,
+            "SELECT id FROM cabinet_sessions WHERE id IN (:a, :b)",
+            a=_digest(first),
+            b=_digest(live),
+        )
+        == []
+    )
 
 
 def test_refresh_refusals(gateway: Gateway) -> None:
@@ -542,6 +678,41 @@ def test_search_paging(gateway: Gateway, shop: Shop) -> None:
     assert len(seen) == len(set(seen)) == 5 and set(seen) == set(shop.payments)
 
 
+def test_search_pages_as_deep_as_the_cap(gateway: Gateway, shop: Shop) -> None:
+    """The last page the cap allows is answered (empty here); one further is a 400."""
+    with gateway.client() as client:
+        deepest = found(client, shop.access, window(paging={"page": 100, "size": 1000}))
+        assert deepest["totalCount"] == 5 and deepest["records"] == []
+        deepest = found(client, shop.access, window(paging={"page": 100_000, "size": 1}))
+        assert deepest["records"] == []
+        beyond = search(client, shop.access, window(paging={"page": 100_001, "size": 1}))
+        assert beyond.status_code == 400 and "starts past record 100000" in beyond.text
+
+
+def test_search_dates_honour_their_offsets(gateway: Gateway, shop: Shop) -> None:
+    """The window around now written at +05:00 finds the payments; the same wall-clock
+    times read as UTC (Z, or no offset at all) lie five hours ahead and find none."""
+    now = datetime.now(UTC)
+    almaty = timezone(timedelta(hours=5))
+    low, high = (
+        (now - timedelta(hours=1)).astimezone(almaty),
+        (now + timedelta(hours=1)).astimezone(almaty),
+    )
+
+    def total(dates: list[str]) -> int:
+        body = window()
+        body["searchParameters"] = [
+            {"name": "created_date", "method": "between", "searchParameter": dates}
+        ]
+        with gateway.client() as client:
+            return int(found(client, shop.access, body)["totalCount"])
+
+    assert total([low.isoformat(), high.isoformat()]) == 5
+    wall = [low.replace(tzinfo=None).isoformat(), high.replace(tzinfo=None).isoformat()]
+    assert total([when + "Z" for when in wall]) == 0
+    assert total(wall) == 0
+
+
 def test_search_order(gateway: Gateway, shop: Shop) -> None:
     with gateway.client() as client:
         for direction, reverse in (("asc", False), ("DESC", True)):
@@ -719,6 +890,14 @@ RANGE = {"name": "created_date", "method": "between", "searchParameter": DATES}
         (
             {"searchParameters": [RANGE], "paging": {"page": 1, "size": "two"}},
             "paging.size must be a whole number",
+        ),
+        (
+            {"searchParameters": [RANGE], "paging": {"page": 101, "size": 1000}},
+            "paging: page 101 of size 1000 starts past record 100000",
+        ),
+        (
+            {"searchParameters": [RANGE], "paging": {"page": 1_000_000, "size": 1}},
+            "narrow the created_date range instead",
         ),
         (
             {

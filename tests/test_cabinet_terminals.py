@@ -6,9 +6,11 @@ PostgreSQL, over real HTTP (and in Chromium for the layout)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,8 @@ from playwright.sync_api import Browser
 
 from tests.browser import chromium, screenshot_path
 from tests.cabinet_support import confirm_fields, csrf_of, log_in, new_merchant, new_user, pay_as
+from tests.payform_support import params_of, payform_link, payment_object, submit
+from tests.secure3d_support import VISA_3DS, Pending, confirm, pass_acs
 from tests.support import (
     CLIENT_ID,
     CLIENT_SECRET,
@@ -177,6 +181,38 @@ def test_one_step_and_3ds_always_apply_to_the_next_payment(gateway: Gateway) -> 
         assert terminal_row(gateway, creds["terminalId"])[:2] == (True, "always")
 
 
+@pytest.mark.parametrize(
+    ("first", "then", "status"), [("two", "one", "AUTH"), ("one", "two", "CHARGE")]
+)
+def test_a_flow_change_does_not_touch_a_payment_waiting_for_3ds(
+    gateway: Gateway, first: str, then: str, status: str
+) -> None:
+    """The acquirer was asked to authorize (or to charge) when the payment began: the
+    payment ends so even if the terminal's flow changes while the cardholder is at the
+    ACS; the next payment takes the new flow."""
+    creds, user = shop(gateway)
+    tid = creds["terminalId"]
+    with closing(user), gateway.client() as api:
+        assert save(user, tid, flow=first, secure3d="always").status_code == 303
+        tok = api_token(api, creds).json()["access_token"]
+        body = payment_body(gateway, new_invoice())
+        body["cryptogram"] = cryptogram(gateway, *VISA_3DS, terminal=tid)
+        started = cryptopay(api, tok, body)
+        assert started.status_code == 200 and started.json()["secure3D"], started.text
+        pending = Pending(tok, body["invoiceId"], started.json())
+        assert save(user, tid, flow=then, secure3d="always").status_code == 303
+        pa_res, md = pass_acs(api, pending)
+        done = confirm(api, tok, pending.id, pa_res, md)
+        assert done.status_code == 200, done.text
+        assert done.json()["status"] == status, done.text
+        charged = query(
+            gateway.database_url,
+            "SELECT amount_charged FROM transactions WHERE id = :i",
+            i=pending.id,
+        )[0][0]
+        assert int(charged) == (10000 if status == "CHARGE" else 0)  # minor units
+
+
 def test_a_removed_currency_is_refused_for_tokens_and_payments(gateway: Gateway) -> None:
     creds, user = shop(gateway)
     with closing(user), gateway.client() as api:
@@ -328,6 +364,12 @@ def test_host_check_function() -> None:
     assert link_problem(terminal, {"postLink": "https://pay.shop.kz/"}) != ""
     assert link_problem(terminal, {"postLink": "https://evilshop.kz/"}) != ""
     assert link_problem(terminal, {"postLink": "https://shop.kz@evil.kz/"}) != ""
+    # A browser ends the host at a backslash, urlsplit and httpx do not: refused.
+    assert link_problem(terminal, {"backLink": "https://evil.kz\\@shop.kz/ok"}) == (
+        "backLink: the host cannot be read unambiguously (a backslash before the path); "
+        "terminal t-1 only allows links to its allowed hosts"
+    )
+    assert link_problem(terminal, {"backLink": "https://shop.kz/a\\b?c=\\"}) == ""
     assert link_problem(Terminal(id="t-2", allowed_hosts=""), {"postLink": "https://a.b/"}) == ""
     with pytest.raises(HostError) as too_many:
         parse_hosts("\n".join(f"h{i}.kz" for i in range(51)))
@@ -349,6 +391,54 @@ def test_sandbox_accepts_any_host(gateway: Gateway) -> None:
         assert tok.status_code == 200, tok.text
         _invoice, paid = pay_as(gateway, api, creds=creds, postLink="https://elsewhere.example/n")
         assert paid.status_code == 200, paid.text
+
+
+#: Links that the host check and a browser could read differently.
+TRICKY_LINKS = (
+    "https://shop.kz/ok",
+    "https://SHOP.KZ./ok",
+    "https://shop.kz:8443/ok",
+    "https://\uff53\uff48\uff4f\uff50.kz/ok",  # fullwidth letters
+    "https://shop\u3002kz/ok",  # an ideographic full stop
+    "https://evil.example\\@shop.kz/",
+    "https://evil.example\\x@shop.kz/",
+    "https://shop.kz\\@evil.example/",
+    "https://evil.example%5C@shop.kz/",
+    "https://evil.example%2F@shop.kz/",
+    "https://shop.kz@evil.example/",
+    "https://shop.kz:443@evil.example/",
+    "https://shop.kz%2Eevil.example/",
+    "https://%73hop.kz/",
+    "https://evil.example#@shop.kz/",
+    "https://evil.example?@shop.kz/",
+    "https://evil.example;@shop.kz/",
+    "https://[::1]@shop.kz/",
+    "https://xn--shop-xyz.kz/",
+    "https://\u0455hop.kz/",  # a Cyrillic look-alike s
+    "https://shop.kz.evil.example/",
+)
+
+
+def test_an_allowed_link_goes_to_the_allowed_host_in_a_browser_and_httpx(
+    browser: Browser,
+) -> None:
+    """Whatever the check lets through, Chromium (the cardholder's backLink) and httpx
+    (the postLink) both take to shop.kz."""
+    terminal = Terminal(id="t-1", allowed_hosts="shop.kz")
+    page = browser.new_page()
+    try:
+        passed = []
+        for url in TRICKY_LINKS:
+            if link_problem(terminal, {"backLink": url}):
+                continue
+            passed.append(url)
+            seen = page.evaluate("u => new URL(u).hostname", url)
+            assert seen.rstrip(".") == "shop.kz", (url, seen)
+            with contextlib.suppress(httpx.InvalidURL):  # it refuses fullwidth letters
+                assert httpx.URL(url).host.rstrip(".") == "shop.kz", url
+        assert passed[:3] == list(TRICKY_LINKS[:3]), passed  # the plain ones do pass
+    finally:
+        page.close()
 
 
 @pytest.fixture(scope="module")
@@ -452,6 +542,32 @@ def test_production_refuses_links_to_other_hosts(production: Gateway) -> None:
             refused = pay_with_card(card_id, **(back | {field: "https://evil.example/x"}))
             assert refused.status_code == 400, refused.text
             assert refused.json()["message"].startswith(f"{field}: host evil.example is not")
+        # A backslash before the path: a browser would go to evil.example.
+        sneaky = back | {"backLink": "https://evil.example\\@shop.kz/ok"}
+        refused = pay_with_card(card_id, **sneaky)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["message"].startswith(
+            "backLink: the host cannot be read unambiguously"
+        )
+
+        # The hosted page (payform): its backLinks and postLinks are checked too.
+        def pay_on_page(**links: str) -> httpx.Response:
+            invoice = new_invoice()
+            tok = api_token(api, creds, invoiceID=invoice, amount=100, currency="KZT")
+            assert tok.status_code == 200, tok.text
+            obj = payment_object(tok.json(), invoice, terminal=creds["terminalId"]) | links
+            return submit(api, params_of(payform_link(gw, obj)))
+
+        on_page = back | {"postLink": "https://shop.kz/n", "failurePostLink": "https://shop.kz/f"}
+        assert pay_on_page(**on_page).status_code == 303
+        for field, link, says in (
+            ("backLink", "https://evil.example/ok", "host evil.example is not"),
+            ("failureBackLink", "https://evil.example\\@shop.kz/", "the host cannot be read"),
+            ("postLink", "https://evil.example/n", "host evil.example is not"),
+        ):
+            page = pay_on_page(**(on_page | {field: link}))
+            assert page.status_code == 400, page.text
+            assert f"{field}: {says}" in page.text, page.text
         # Emptied again: any host once more.
         assert save(user, creds["terminalId"], hosts="").status_code == 303
         assert api_token(api, creds, postLink="https://evil.example/n").is_success
@@ -502,6 +618,27 @@ def test_rotating_the_secret_shows_it_once_and_the_old_one_stops_working(
         log = gateway.log_text()
         assert f"ClientSecret of merchant {creds['merchantId']} rotated by {creds['email']}" in log
         assert new not in log and old not in log
+
+
+def test_two_confirmations_at_once_rotate_once(gateway: Gateway) -> None:
+    """The same confirmation posted four times at once: one new secret, shown once, and
+    it is the one that works."""
+    creds, user = shop(gateway)
+    with closing(user), gateway.client() as api:
+        csrf = csrf_of(user.get("/cabinet/terminals?lang=en"))
+        fields = confirm_fields(user.post("/cabinet/terminals/secret", data={"csrf": csrf}))
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(
+                    lambda _: user.post("/cabinet/terminals/secret/confirm", data=fields),
+                    range(4),
+                )
+            )
+        shown = [secret_of(a) for a in answers if a.status_code == 200]
+        assert len(shown) == 1, [a.status_code for a in answers]
+        assert sorted(a.status_code for a in answers) == [200, 400, 400, 400]
+        assert api_token(api, creds | {"clientSecret": shown[0]}).status_code == 200
+        assert api_token(api, creds).status_code == 401
 
 
 def test_rotation_needs_the_confirmation_and_the_session(gateway: Gateway) -> None:

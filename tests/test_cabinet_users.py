@@ -226,3 +226,20 @@ def test_sessions_are_looked_up_read_only_and_swept_at_logins(db: Database) -> N
     with db.read() as session:
         assert look_up(session, old_token, now) is None  # another user's, swept
         assert session.query(CabinetSession).count() == 2
+
+
+def test_an_unknown_email_costs_a_password_check(db: Database) -> None:
+    """No timing oracle: an unknown email spends the scrypt a wrong password does (the
+    difference without it is 1 ms against hundreds)."""
+    import time
+
+    def timed(email: str) -> float:
+        with db.write() as session:
+            started = time.perf_counter()
+            assert log_in(session, email, "not-the-password").result is LoginResult.WRONG
+            return time.perf_counter() - started
+
+    timed("nobody@shop.kz")  # warm up
+    unknown = min(timed("nobody@shop.kz") for _ in range(2))
+    wrong = min(timed(SANDBOX_EMAIL) for _ in range(2))
+    assert unknown > wrong / 3, (unknown, wrong)

@@ -48,6 +48,10 @@ MAX_PAGE = 1_000_000
 #: totalCount counts at most this many (one bounded COUNT); beyond it the answer says
 #: ``"totalCountExact": false``.
 COUNT_CAP = 100_000
+#: Paging reaches the first this many records of a search: an OFFSET makes the database
+#: walk every skipped row, so a deeper page is refused; a narrower created_date range
+#: reaches the rest.
+MAX_OFFSET = COUNT_CAP
 MAX_FILTERS = 50
 MAX_IN_VALUES = 100
 MAX_TEXT = 200
@@ -157,6 +161,11 @@ def _paging(raw: Any) -> tuple[int, int]:
         raise _bad(f"paging: unknown field {unknown[0]!r} (page, size)")
     page = _integer(raw.get("page", 1), "paging.page (a page number from 1)", 1, MAX_PAGE)
     size = _integer(raw.get("size", DEFAULT_SIZE), "paging.size", 1, MAX_SIZE)
+    if (page - 1) * size >= MAX_OFFSET:
+        raise _bad(
+            f"paging: page {page} of size {size} starts past record {MAX_OFFSET}, the "
+            "deepest a search pages; narrow the created_date range instead"
+        )
     return page, size
 
 

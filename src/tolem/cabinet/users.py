@@ -85,7 +85,9 @@ def log_in(session: Session, email: str, password: str, now: datetime | None = N
     if user is not None and user.locked_until is not None and user.locked_until > now:
         verify_password(None, password)  # the same work as a real check
         return Login(LoginResult.LOCKED, locked_until=user.locked_until)
-    if user is None or not verify_password(user.password_hash, password):
+    # An unknown email costs the same scrypt as a wrong password: no timing oracle.
+    matches = verify_password(user.password_hash if user is not None else None, password)
+    if user is None or not matches:
         if user is not None:
             failed = CabinetUser.failed_logins + 1
             session.execute(

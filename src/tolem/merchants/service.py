@@ -207,11 +207,23 @@ def parse_hosts(text: str) -> tuple[str, ...]:
     return tuple(hosts)
 
 
-def link_host(url: str) -> str:
+def link_host(url: str) -> str | None:
     """The host of an http(s) link that tolem.fields.link accepted, in the form
-    host_name gives allowed hosts."""
-    host = (urlsplit(url).hostname or "").rstrip(".")
-    return host if host.isascii() else idna.encode(host, uts46=True).decode("ascii")
+    host_name gives allowed hosts; None when parsers may not agree on it.
+
+    urlsplit (which the notification sender connects by) ends the host at the first
+    "/", "?" or "#"; a browser, following WHATWG for http(s), also at a backslash. So
+    ``https://evil.example\\@shop.kz/`` is shop.kz to urlsplit and httpx but
+    evil.example to the cardholder's browser: a backslash before the path is refused.
+    """
+    try:
+        parts = urlsplit(url)
+        if "\\" in parts.netloc:
+            return None
+        host = (parts.hostname or "").rstrip(".")
+        return host if host.isascii() else idna.encode(host, uts46=True).decode("ascii")
+    except (ValueError, idna.IDNAError):  # not a link fields.link would have accepted
+        return None
 
 
 def link_problem(terminal: Terminal, links: Mapping[str, str]) -> str:
@@ -222,11 +234,16 @@ def link_problem(terminal: Terminal, links: Mapping[str, str]) -> str:
     if not allowed:
         return ""
     for field, url in links.items():
-        if url and link_host(url) not in allowed:
+        if not url:
+            continue
+        host = link_host(url)
+        if host is None:
             return (
-                f"{field}: host {link_host(url)} is not among the allowed hosts of terminal "
-                f"{terminal.id}"
+                f"{field}: the host cannot be read unambiguously (a backslash before the "
+                f"path); terminal {terminal.id} only allows links to its allowed hosts"
             )
+        if host not in allowed:
+            return f"{field}: host {host} is not among the allowed hosts of terminal {terminal.id}"
     return ""
 
 

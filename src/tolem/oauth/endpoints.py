@@ -48,7 +48,14 @@ async def _form(request: Request) -> dict[str, str]:
             data = wire.parse_json_object(await request.body())
         except wire.BodyError as exc:
             raise TokenError("invalid_request", str(exc)) from exc
-        return {k: "" if v is None else str(v) for k, v in data.items()}
+        fields: dict[str, str] = {}
+        for key, value in data.items():
+            if isinstance(value, dict | list):
+                # str() of an object would be taken as a (wrong) password, an odd
+                # invoice: refuse it by name instead.
+                raise TokenError("invalid_request", f"{key}: a string or a number is expected")
+            fields[key] = "" if value is None else str(value)
+        return fields
     try:
         # One file is let through so that it gets the clear refusal below rather than
         # "Too many files"; the body limit bounds what is spooled.

@@ -52,6 +52,7 @@ KIND_REFRESH = "refresh"
 KIND_SPENT = "spent"
 _TOKEN_BYTES = 32
 _MAX_TOKEN = 100  # token_urlsafe(32) is 43 characters
+_MAX_USERNAME = 254  # the longest email address (tolem.cabinet.users.normalize_email)
 
 
 @dataclass(frozen=True)
@@ -145,17 +146,20 @@ def password_grant(
     password = _first(form, "password") or ""
     if not username or not password:
         raise TokenError("invalid_request", "username and password are required")
+    if len(username) > _MAX_USERNAME:
+        raise TokenError("invalid_request", f"username: at most {_MAX_USERNAME} characters")
     scope = _scope(form)
     now = utcnow()
     wrong = _refused("invalid username or password")
-    found = find_user(session, username[:254])
-    if found is not None and found.merchant_id != merchant_id:
-        # Another merchant's user: the same answer (and the same work) as a wrong
-        # password, and no count toward that user's lockout: these client credentials
-        # give no say over another merchant's accounts.
+    found = find_user(session, username)
+    if found is None or found.merchant_id != merchant_id:
+        # No such user, or another merchant's: the same answer and the same work (one
+        # scrypt) as a wrong password, so neither the answer nor its time tells whether
+        # the address has an account; and no count toward another merchant's user's
+        # lockout: these client credentials give no say over that merchant's accounts.
         verify_password(None, password)
         return wrong
-    outcome = log_in(session, username[:254], password, now)
+    outcome = log_in(session, username, password, now)
     if outcome.result is LoginResult.LOCKED:
         return _locked(outcome.locked_until)
     if outcome.result is not LoginResult.OK or outcome.user is None:

@@ -216,6 +216,16 @@ def _event(tx: Transaction, kind: str, detail: str = "") -> TransactionEvent:
     )
 
 
+def captures(tx: Transaction, terminal: Terminal) -> bool:
+    """Whether the acquirer is asked to charge at once (one-step) or only to authorize."""
+    return not terminal.two_step and tx.payment_type != CARD_VERIFICATION
+
+
+#: The "3ds-challenge" event's detail: what the acquirer was asked before the challenge,
+#: so that the payment ends so even if the terminal's flow changes meanwhile.
+CHALLENGE_CAPTURE = {True: "capture", False: "authorize"}
+
+
 def authorize(
     acquirer: Acquirer, tx: Transaction, terminal: Terminal, card: Card
 ) -> ProcessorResult | None:
@@ -226,7 +236,7 @@ def authorize(
         amount=tx.amount,
         currency=tx.currency,
         card=card,
-        capture=not terminal.two_step and tx.payment_type != CARD_VERIFICATION,
+        capture=captures(tx, terminal),
         # A saved card asks for 3-D Secure only when the terminal always does.
         secure3d=terminal.secure3d
         if tx.payment_type != CARD_ID or terminal.secure3d == Secure3DPolicy.ALWAYS
@@ -243,7 +253,7 @@ def authorize(
 
 
 def await_authentication(
-    session: Session, tx: Transaction, challenge: Challenge, *, timeout: int
+    session: Session, tx: Transaction, challenge: Challenge, *, timeout: int, capture: bool
 ) -> None:
     """The issuer wants 3-D Secure: the payment stays NEW until the answer or expiry."""
     expires = utcnow() + timedelta(seconds=timeout)
@@ -262,7 +272,7 @@ def await_authentication(
         raise BadRequest("transaction is no longer in progress", code=469)
     tx.three_ds_md, tx.three_ds_expires_at = challenge.md, expires
     tx.three_ds_pa_req, tx.three_ds_action = challenge.pa_req, challenge.action
-    session.add(_event(tx, "3ds-challenge"))
+    session.add(_event(tx, "3ds-challenge", CHALLENGE_CAPTURE[capture]))
 
 
 def finish(
@@ -368,7 +378,11 @@ def pay(
     if result.challenge is not None:
         with rt.db.write() as session:
             await_authentication(
-                session, tx, result.challenge, timeout=rt.settings.secure3d_timeout
+                session,
+                tx,
+                result.challenge,
+                timeout=rt.settings.secure3d_timeout,
+                capture=captures(tx, terminal),
             )
         return tx, result.challenge
     with rt.db.write() as session:

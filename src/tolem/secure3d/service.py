@@ -21,7 +21,7 @@ from tolem.errors import BadRequest
 from tolem.merchants.models import Terminal
 from tolem.oauth.tokens import AccessToken
 from tolem.payments import service as payments
-from tolem.payments.models import Status, Transaction
+from tolem.payments.models import Status, Transaction, TransactionEvent
 from tolem.processor.base import AuthenticationRefused, ProcessorResult
 from tolem.runtime import Runtime
 
@@ -85,7 +85,22 @@ def complete(rt: Runtime, tx: Transaction, *, pa_res: str, md: str) -> Transacti
         log.warning("3-D Secure answer refused for %s: %s", tx.id, exc.message)
         raise _refuse(exc.message, exc.reason_code, tx) from None
     with rt.db.write() as session:
-        return payments.finish(session, tx, result, capture=not terminal.two_step, secure=True)
+        capture = _asked_to_capture(session, tx, terminal)
+        return payments.finish(session, tx, result, capture=capture, secure=True)
+
+
+def _asked_to_capture(session: Session, tx: Transaction, terminal: Terminal) -> bool:
+    """What the acquirer was asked when the payment began (the challenge's event says),
+    not the terminal's flow now: the cabinet may have changed it meanwhile."""
+    asked = session.scalars(
+        select(TransactionEvent.detail).where(
+            TransactionEvent.transaction_id == tx.id, TransactionEvent.kind == "3ds-challenge"
+        )
+    ).first()
+    for capture, detail in payments.CHALLENGE_CAPTURE.items():
+        if asked == detail:
+            return capture
+    return payments.captures(tx, terminal)  # a challenge recorded before this was kept
 
 
 def expire_stale(rt: Runtime, now: datetime | None = None, limit: int = 200) -> int:
