@@ -7,17 +7,29 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from playwright.sync_api import Browser, ConsoleMessage, Page
 
 from tests.browser import chromium, screenshot_path
 from tests.cabinet_support import log_in, new_merchant, new_user, pay_as
-from tests.support import Gateway, cryptogram, cryptopay, new_invoice, payment_body, token
+from tests.conftest import fresh_postgres
+from tests.support import (
+    Gateway,
+    cryptogram,
+    cryptopay,
+    new_invoice,
+    payment_body,
+    start_gateway,
+    token,
+)
 from tolem.cabinet.users import SANDBOX_EMAIL, SANDBOX_PASSWORD
+from tolem.payments.models import Operation, Transaction
 from tolem.processor.cards import trigger_pan
 
 APPROVE = ("4405639704015096", "0125", "815")
@@ -109,11 +121,14 @@ def cell(row: str, name: str) -> str:
     return html.unescape(found.group(1)).replace("\u00a0", " ").strip()
 
 
-def test_the_days_figures_are_exact_and_only_the_merchants_own(
+def a_days_payments(
     gateway: Gateway, client: httpx.Client
-) -> None:
+) -> tuple[dict[str, Any], str, set[int]] | None:
+    """A fresh merchant's payments (and another merchant's), all made within one UTC
+    day: the merchant, that day and the UTC hours used; None if the day changed
+    meanwhile (the run crossed UTC midnight)."""
+    started = datetime.now(UTC)
     creds = new_merchant(gateway, name="Dash <b>shop</b>")
-    hours = {datetime.now(UTC).hour}
     # Another merchant's payments the same day: counted nowhere here.
     for card in (APPROVE, decline(484), decline(1654)):
         _invoice, other = pay_as(gateway, client, card=card)
@@ -136,14 +151,27 @@ def test_the_days_figures_are_exact_and_only_the_merchants_own(
     for code in codes:
         declined = pay(gateway, client, creds, "10.00", card=decline(code))
         assert declined["code"] == code, declined
-    hours.add(datetime.now(UTC).hour)
+    finished = datetime.now(UTC)
+    if finished.date() != started.date():
+        return None
+    return creds, started.date().isoformat(), {started.hour, finished.hour}
+
+
+def test_the_days_figures_are_exact_and_only_the_merchants_own(
+    gateway: Gateway, client: httpx.Client
+) -> None:
+    # Payments, refunds and the page are all asked for that one UTC day (?day=), so a
+    # run that crosses UTC midnight does not split them: it starts again, once.
+    made = a_days_payments(gateway, client) or a_days_payments(gateway, client)
+    assert made is not None, "the UTC day changed twice during the test"
+    creds, day, hours = made
 
     user = user_of(gateway, creds)
-    page = user.get("/cabinet/dashboard")
+    page = user.get("/cabinet/dashboard", params={"day": day})
     assert page.status_code == 200, page.text
     body = page.text
-    day = datetime.now(UTC).date().isoformat()
-    note = rf"{day}, the UTC day \(00:00\u201324:00 UTC\), as of \d\d:\d\d UTC"
+    # "as of" only while the day is today.
+    note = rf"{day}, the UTC day \(00:00\u201324:00 UTC\)(, as of \d\d:\d\d UTC)?"
     assert re.fullmatch(note, text_of(body, "day-note")), text_of(body, "day-note")
     # 5 approved (AUTH, CHARGE, CHARGE partly refunded, CANCEL, REFUND), 9 declined.
     assert text_of(body, "attempts") == "14"
@@ -168,8 +196,7 @@ def test_the_days_figures_are_exact_and_only_the_merchants_own(
     assert cell(top["473"], "text") == "3-D Secure authentication failed"
 
     bars = [(int(h), kind, int(n)) for h, kind, n in BAR.findall(body)]
-    assert {h for h, _kind, _n in bars} <= hours
-    assert datetime.now(UTC).hour in {h for h, _kind, _n in bars} or len(hours) > 1
+    assert bars and {h for h, _kind, _n in bars} <= hours
     assert sum(n for _h, kind, n in bars if kind == "approved") == 5
     assert sum(n for _h, kind, n in bars if kind == "declined") == 9
     hidden = rows(body, "hours", "data-hour")
@@ -184,7 +211,7 @@ def test_the_days_figures_are_exact_and_only_the_merchants_own(
     # The sandbox merchant's own dashboard does not see these.
     sandbox = gateway.client()
     assert log_in(sandbox, SANDBOX_EMAIL, SANDBOX_PASSWORD).status_code == 303
-    theirs = sandbox.get("/cabinet/dashboard", params={"lang": "en"}).text
+    theirs = sandbox.get("/cabinet/dashboard", params={"lang": "en", "day": day}).text
     assert "1654" in theirs and 'data-currency="USD"' not in theirs
     assert 'data-code="465"' not in theirs
     sandbox.close()
@@ -234,11 +261,105 @@ def test_a_past_day_and_bad_days(gateway: Gateway, client: httpx.Client) -> None
         assert message in text_of(bad.text, "day-error")
         assert 'id="attempts"' not in bad.text
 
+    # The first day there is: shown (empty), with no link to a day before it.
+    first = user.get("/cabinet/dashboard", params={"day": "0001-01-01"})
+    assert first.status_code == 200, first.text
+    assert text_of(first.text, "attempts") == "0" and 'id="previous"' not in first.text
+    assert 'href="/cabinet/dashboard?day=0001-01-02" id="next"' in first.text
+
     hostile = user.get("/cabinet/dashboard", params={"day": "<script>alert(1)</script>"})
     assert hostile.status_code == 400
     assert "<script>alert" not in hostile.text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in hostile.text
     user.close()
+
+
+# --- day boundaries in another time zone -------------------------------------------
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def almaty(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Gateway]:
+    """A gateway of its own; on PostgreSQL its database's sessions are in Asia/Almaty
+    (UTC+5), as a server set up in Kazakhstan would be."""
+    data_dir: Path = tmp_path_factory.mktemp("cabinet-dashboard-tz")
+    if request.param == "sqlite":
+        with start_gateway(data_dir, f"sqlite:///{data_dir / 'tolem.db'}") as gateway:
+            yield gateway
+        return
+    with fresh_postgres("tolem_cab_dash_tz") as url:
+        # No pool: every connect below is a new session, as the gateway's will be.
+        engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+        try:
+            with engine.connect() as conn:
+                name = conn.execute(sa.text("SELECT current_database()")).scalar_one()
+                conn.execute(sa.text(f"ALTER DATABASE \"{name}\" SET timezone TO 'Asia/Almaty'"))
+            with engine.connect() as conn:
+                assert conn.execute(sa.text("SHOW timezone")).scalar_one() == "Asia/Almaty"
+        finally:
+            engine.dispose()
+        with start_gateway(data_dir, url) as gateway:
+            yield gateway
+
+
+def at(day: date, clock: str) -> datetime:
+    """``clock`` (HH:MM:SS.f) of ``day``, in UTC."""
+    return datetime.combine(day, datetime.strptime(clock, "%H:%M:%S.%f").time(), UTC)
+
+
+def test_days_and_hours_are_utc_whatever_the_databases_time_zone(almaty: Gateway) -> None:
+    """Payments just either side of UTC midnight land on their UTC day and hour, also
+    when PostgreSQL's session time zone is Asia/Almaty (where they would be 5 hours
+    later, on the other side of local midnight)."""
+    client = almaty.client()
+    creds = new_merchant(almaty)
+    day = datetime.now(UTC).date() - timedelta(days=3)
+    before = pay(almaty, client, creds, "300.00")
+    first = pay(almaty, client, creds, "100.00")
+    last = pay(almaty, client, creds, "200.00")
+    after = pay(almaty, client, creds, "10.00", card=decline(484))
+    operate(client, creds, first["id"], "charge")
+    operate(client, creds, first["id"], "refund", "50.00")
+    moved = {
+        before["id"]: at(day - timedelta(days=1), "23:30:00.0"),  # Almaty: `day` 04:30
+        first["id"]: at(day, "00:00:00.0"),  # the day's first instant
+        last["id"]: at(day, "23:59:59.5"),  # Almaty: the next day 04:59
+        after["id"]: at(day + timedelta(days=1), "00:00:00.0"),  # the next day's first
+    }
+    engine = sa.create_engine(almaty.database_url, poolclass=sa.NullPool)
+    with engine.begin() as conn:
+        for tx_id, created in moved.items():
+            conn.execute(
+                sa.update(Transaction).where(Transaction.id == tx_id).values(created_at=created)
+            )
+        refund = sa.update(Operation).where(
+            Operation.transaction_id == first["id"], Operation.kind == "refund"
+        )
+        # Almaty: the next day 01:00; a refund counts on its UTC day.
+        conn.execute(refund.values(finished_at=at(day, "20:00:00.0")))
+    engine.dispose()
+    user = user_of(almaty, creds)
+
+    def figures(d: date) -> tuple[str, list[tuple[int, str, int]], dict[str, str]]:
+        page = user.get("/cabinet/dashboard", params={"day": d.isoformat()})
+        assert page.status_code == 200, page.text
+        bars = [(int(h), kind, int(n)) for h, kind, n in BAR.findall(page.text)]
+        volume = rows(page.text, "volume", "data-currency") if 'id="volume"' in page.text else {}
+        return text_of(page.text, "attempts"), bars, volume
+
+    attempts, bars, volume = figures(day)
+    assert attempts == "2" and bars == [(0, "approved", 1), (23, "approved", 1)]
+    kzt = volume["KZT"]
+    assert (cell(kzt, "count"), cell(kzt, "amount")) == ("2", "300.00")  # 100 charged + 200
+    assert (cell(kzt, "refunds"), cell(kzt, "refunded")) == ("1", "50.00")
+    attempts, bars, volume = figures(day - timedelta(days=1))
+    assert attempts == "1" and bars == [(23, "approved", 1)]
+    assert cell(volume["KZT"], "amount") == "300.00" and cell(volume["KZT"], "refunds") == "0"
+    attempts, bars, volume = figures(day + timedelta(days=1))
+    assert attempts == "1" and bars == [(0, "declined", 1)] and volume == {}
+    user.close()
+    client.close()
 
 
 # --- in Chromium ---------------------------------------------------------------------

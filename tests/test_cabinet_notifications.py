@@ -191,11 +191,24 @@ def test_an_attempt_in_flight_is_retrying_with_its_next_time(
     invoice, paid = pay_as(gw, user, postLink=receiver.url(path))
     assert paid.status_code == 200, paid.text
     receiver.wait_for(path)
+    started = time.monotonic()  # the attempt runs for the 2 s timeout from about now
     [row] = rows(user, state="pending", invoice=invoice)
     assert row["state"] == "pending" and row["attempts"] == 1
     assert "retrying" in row["html"] and 'class="redeliver"' in row["html"]
     assert re.search(r'<td class="next"[^>]*>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>', row["html"])
     assert rows(user, state="delivered", invoice=invoice) == []
+
+    # "Redeliver" while that attempt runs: the same postLink is not POSTed a second
+    # time at once (making it due now would let the worker claim it again), and the
+    # page says why nothing was done.
+    answer = redeliver(user, row["id"], csrf=csrf(user))
+    assert answer.status_code == 303 and "outcome=error" in answer.headers["location"]
+    assert "being sent right now" in message_of(user.get(answer.headers["location"]))
+    time.sleep(0.5)  # the worker polls every 0.05 s: a second POST would be here by now
+    assert time.monotonic() - started < 2, "too slow to tell: the attempt timed out"
+    assert len(receiver.to(path)) == 1
+    [still] = rows(user, state="pending", invoice=invoice)
+    assert still["attempts"] == 1
 
 
 def test_filters_pages_and_bad_queries(gw: Gateway) -> None:

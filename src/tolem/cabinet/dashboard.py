@@ -315,7 +315,8 @@ def _page(
         day=day.isoformat(),
         is_today=day == today,
         as_of=now.strftime("%H:%M"),
-        previous=(day - timedelta(days=1)).isoformat(),
+        # No day comes before 0001-01-01 (date.min - 1 day would raise: a 500).
+        previous=(day - timedelta(days=1)).isoformat() if day > date.min else "",
         following=(day + timedelta(days=1)).isoformat() if day < today else "",
         chart=chart(figures.hours) if figures else None,
         busiest=busiest,

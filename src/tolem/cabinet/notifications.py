@@ -39,8 +39,14 @@ from tolem.cabinet.common import (
     signed_in,
     texts,
 )
+from tolem.db.base import utcnow
 from tolem.notifications import service
-from tolem.notifications.models import Notification, NotificationState
+from tolem.notifications.models import (
+    AttemptOutcome,
+    DeliveryAttempt,
+    Notification,
+    NotificationState,
+)
 from tolem.pages import add_texts
 from tolem.payments.models import Transaction
 from tolem.runtime import Runtime, runtime
@@ -88,6 +94,8 @@ add_texts(
             "cab_nt_redelivered": "Уведомление будет отправлено снова в ближайшие секунды.",
             "cab_nt_already_delivered": "Это уведомление уже доставлено; страница устарела. "
             "Повторная отправка не нужна.",
+            "cab_nt_sending": "Это уведомление отправляется прямо сейчас; повторная отправка "
+            "не запущена. Обновите страницу через несколько секунд, чтобы увидеть ответ.",
             "cab_nt_bad_state": "Неизвестное состояние в фильтре: выберите его из списка.",
             "cab_nt_bad_invoice": "Номер заказа содержит недопустимые символы.",
             "cab_nt_bad_limit": "Параметр limit должен быть целым числом от 1 до {max}.",
@@ -115,6 +123,8 @@ add_texts(
             "cab_nt_redelivered": "The notification will be sent again within seconds.",
             "cab_nt_already_delivered": "This notification has already been delivered; "
             "the page was out of date. Nothing was sent again.",
+            "cab_nt_sending": "This notification is being sent right now; it was not sent "
+            "again. Reload the page in a few seconds to see the answer.",
             "cab_nt_bad_state": "Unknown state in the filter: choose one from the list.",
             "cab_nt_bad_invoice": "The invoice contains characters that are not allowed.",
             "cab_nt_bad_limit": "limit must be a whole number from 1 to {max}.",
@@ -129,6 +139,7 @@ add_texts(
 class Redelivery(StrEnum):
     SCHEDULED = "scheduled"
     DELIVERED = "delivered"  # already: nothing done
+    SENDING = "sending"  # an attempt is under way: nothing done (no second POST at once)
     MISSING = "missing"  # unknown, or another merchant's
 
 
@@ -295,8 +306,15 @@ async def notifications(request: Request, rt: Annotated[Runtime, Depends(runtime
 
 
 def _redeliver(rt: Runtime, merchant_id: str, notification_id: str) -> Redelivery:
-    """Schedule the merchant's notification now, unless it is delivered already; the
-    state is read under the row's lock, so a delivery that lands meanwhile counts."""
+    """Schedule the merchant's notification now, unless it is delivered already or an
+    attempt is under way; the state is read under the row's lock (the worker's claim
+    takes the same lock), so a delivery or a claim that lands meanwhile counts.
+
+    A worker's claim keeps the row pending and moves ``next_attempt_at`` past the
+    attempt (its lease). Making it due now during that attempt would let a worker claim
+    it again and POST the same postLink twice at once; so while the lease runs and its
+    attempt is still "sending", nothing is changed (two clicks at once: the first
+    schedules it, the second finds it scheduled or being sent)."""
     if not notification_id or not _known_id(notification_id):
         return Redelivery.MISSING
     with rt.db.write() as session:
@@ -309,6 +327,17 @@ def _redeliver(rt: Runtime, merchant_id: str, notification_id: str) -> Redeliver
             return Redelivery.MISSING
         if found.state == NotificationState.DELIVERED.value:
             return Redelivery.DELIVERED
+        if found.state == NotificationState.PENDING.value and found.next_attempt_at > utcnow():
+            sending = session.scalars(
+                select(DeliveryAttempt.id)
+                .where(
+                    DeliveryAttempt.notification_id == found.id,
+                    DeliveryAttempt.outcome == AttemptOutcome.SENDING.value,
+                )
+                .limit(1)
+            ).first()
+            if sending is not None:
+                return Redelivery.SENDING
         if not service.redeliver(session, notification_id, merchant_id=merchant_id):
             return Redelivery.MISSING  # pragma: no cover - found under the same lock
         return Redelivery.SCHEDULED
@@ -334,6 +363,8 @@ async def redeliver(
     t = texts(request)
     if done is Redelivery.DELIVERED:
         outcome, message = "error", t["cab_nt_already_delivered"]
+    elif done is Redelivery.SENDING:
+        outcome, message = "error", t["cab_nt_sending"]
     else:
         log.info("cabinet redelivery of postLink %s by %s", notification_id, who.email)
         outcome, message = "ok", t["cab_nt_redelivered"]
