@@ -26,7 +26,12 @@ class Notification(Base):
     """
 
     __tablename__ = "notifications"
-    __table_args__ = (Index("ix_notifications_due", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_notifications_due", "state", "next_attempt_at"),
+        # The cabinet's notifications page: one merchant's, by state, newest first
+        # (migration 0010).
+        Index("ix_notifications_merchant_state", "merchant_id", "state", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)  # webhook-id
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchants.id"), index=True)

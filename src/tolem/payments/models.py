@@ -162,6 +162,8 @@ class Operation(Base):
     """A charge, cancel or refund of a transaction, and what the acquirer said."""
 
     __tablename__ = "operations"
+    # The dashboard's refunds of a day (migration 0010).
+    __table_args__ = (Index("ix_operations_kind_finished", "kind", "finished_at"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
