@@ -120,13 +120,19 @@ def texts(request: Request) -> dict[str, str]:
 _NOT_KEPT = {"lang", "outcome", "message", "sig"}
 
 
-def lang_links(request: Request) -> dict[str, str]:
-    """Where each language link leads: this page with its filters (a GET), or, for the
-    answer to a POST (a confirmation, a form with errors), the page it belongs to — the
-    transaction, or the section — since a link cannot repeat a POST."""
+def lang_links(request: Request, status_code: int = 200) -> dict[str, str]:
+    """Where each language link leads: this page with its filters (a GET that was
+    answered; a refused query is not repeated, since it may hold what must not be shown
+    again, such as a whole card number typed as a filter), or, for the answer to a POST
+    (a confirmation, a form with errors), the page it belongs to — the transaction, or
+    the section — since a link cannot repeat a POST."""
     if request.method == "GET":
         path = request.url.path
-        kept = [(k, v) for k, v in request.query_params.multi_items() if k not in _NOT_KEPT]
+        kept = [
+            (k, v)
+            for k, v in request.query_params.multi_items()
+            if k not in _NOT_KEPT and status_code < 400
+        ]
     else:
         parts = request.url.path.strip("/").split("/")
         keep = 3 if parts[1:2] == ["transactions"] and len(parts) > 3 else 2
@@ -144,7 +150,7 @@ def page(
         lang=lang,
         status_code=status_code,
         languages=LANGUAGES,
-        lang_links=lang_links(request),
+        lang_links=lang_links(request, status_code),
         **_PAGE,
         **context,
     )
