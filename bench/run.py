@@ -15,7 +15,20 @@ each scenario with wrk (bench/lua/*.lua) for ``--duration`` seconds:
     b  the merchant flow: token for a fresh invoice, then cryptopay with it (2 requests
        per payment; the rate reported is payments per second)
     c  POST /payment/cryptopay with pre-issued invoice-bound tokens
+    d  the 3-D Secure flow with pre-issued tokens and a 3-D Secure card: cryptopay, the
+       ACS page, the ACS answer (one-time code), /payment/confirm (4 requests per
+       payment; the rate is completed payments per second, latency that of the whole
+       flow)
     e  GET /check-status/payment/transaction/{invoice} of paid invoices
+    f  postLink delivery lag: cryptopay with a postLink to a receiver on 127.0.0.1
+       (bench/receiver.py, its own process) at a fixed ``--rate``; lag = arrival at the
+       receiver - the notification's created_at (written in the payment's transaction);
+       p50/p95/p99 and lost postLinks (must be 0)
+    g  racing refunds: 8 partial refunds of 150 KZT of each charged 1,000 KZT payment,
+       4 at once from each wrk thread's connections (asked 1,200 > 1,000 charged):
+       "would exceed" refusals are expected and counted apart; afterwards the database
+       must show no payment refunded beyond its charge and refunds summing to the
+       approved ones
     floor  bench/floor.py under uvicorn, same worker count: RSA decryption of the same
        kind of cryptogram plus one durable INSERT; tolem's c is reported as a share of it
 
@@ -28,7 +41,9 @@ enough pre-built requests (2.5 times what the warm-up rate needs; 1.5 for c, who
 tokens take time to issue); a thread that runs out stops early and the result says
 ``exhausted``. Results go to test-artifacts/bench-results.json unless ``--json`` says
 otherwise; ``--profile DIR`` samples every worker with py-spy (if installed) during each
-measured run.
+measured run. ``--stored-rows N`` bulk-loads N transactions of the test merchant into the
+fresh database (COPY on PostgreSQL, executemany on SQLite; then ANALYZE) before the
+scenarios run, to compare with an empty database.
 
 CPU is each worker's CPU time during the run over the wall time (100 = one core); peak
 RSS is the worker's high-water mark (VmHWM). The load generator's own CPU is reported
@@ -53,10 +68,11 @@ import sys
 import tempfile
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,14 +94,28 @@ CARD = {"hpan": "4405639704015096", "expDate": "0125", "cvc": "815"}
 #: A successful cryptopay answer: HTTP 200 without a 3-D Secure challenge.
 PAID = '"secure3D":null'
 APPROVED = ("AUTH", "CHARGE")
+#: The simulator's 3-D Secure Visa that approves after the challenge (``tolem cards``).
+CARD_3DS = {"hpan": "4000003000000006", "expDate": "1230", "cvc": "123"}
+#: Scenario g: each payment is charged REFUND_BASE KZT and asked REFUNDS_PER_PAYMENT
+#: refunds of REFUND_PART KZT each, more than was charged.
+REFUND_BASE, REFUND_PART, REFUNDS_PER_PAYMENT = 1000, 150, 8
+REFUSED = "would exceed"
+#: accountId of g's payments, to find them in the database afterwards.
+REFUND_ACCOUNT = "bench-refund"
+#: Invoices of --stored-rows start with 0; the scenarios' never do.
+STORED_PREFIX = "0"
+ALL_SCENARIOS = ("a", "b", "c", "d", "e", "f", "g")
 
 #: First guesses of each scenario's rate per worker (requests/s), only to size warm-ups.
-GUESS = {"a": 1000, "b": 300, "c": 400, "e": 1000, "floor": 2500}
+GUESS = {"a": 1000, "b": 300, "c": 400, "d": 100, "e": 1000, "g": 400, "floor": 2500}
 SCENARIO_NAMES = {
     "a": "a token",
     "b": "b token+cryptopay",
     "c": "c cryptopay",
+    "d": "d 3-D Secure",
     "e": "e check-status",
+    "f": "f postLink lag",
+    "g": "g racing refunds",
     "floor": "floor",
 }
 
@@ -257,6 +287,45 @@ def floor_server(data_dir: Path, database: str, workers: int) -> Iterator[Server
         server.stop()
 
 
+@dataclass
+class Receiver:
+    """bench/receiver.py: a shop's postLink endpoint on 127.0.0.1, in its own process."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+
+    def arrivals(self) -> dict[str, float]:
+        """Each invoice's first arrival (unix time), and how many arrived more than once."""
+        status, body = get(self.url, "/arrivals")
+        assert status == 200, body
+        first: dict[str, float] = {}
+        for invoice, at in json.loads(body):
+            first[invoice] = min(at, first.get(invoice, at))
+        return first
+
+    def count(self) -> int:
+        status, body = get(self.url, "/arrivals")
+        return len(json.loads(body)) if status == 200 else 0
+
+
+@contextmanager
+def postlink_receiver() -> Iterator[Receiver]:
+    port = free_port()
+    process = subprocess.Popen(  # noqa: S603 - our own script
+        [sys.executable, str(BENCH / "receiver.py"), str(port)],
+        stdout=subprocess.PIPE,
+        env=_clean_env(),
+    )
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError("the postLink receiver did not start")
+        yield Receiver(f"http://127.0.0.1:{port}", process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
 # --- requests, built before the clock starts ------------------------------------------
 
 
@@ -298,7 +367,7 @@ class Invoices:
         return [f"{self.head}{i:06d}" for i in range(start, start + n)]
 
 
-def token_form(invoice: str | None) -> str:
+def token_form(invoice: str | None, amount: int = 100) -> str:
     form = {
         "grant_type": "client_credentials",
         "scope": SCOPE,
@@ -307,32 +376,41 @@ def token_form(invoice: str | None) -> str:
         "terminal": TERMINAL,
     }
     if invoice is not None:
-        form |= {"invoiceID": invoice, "amount": "100", "currency": "KZT"}
+        form |= {"invoiceID": invoice, "amount": str(amount), "currency": "KZT"}
     return urllib.parse.urlencode(form)
 
 
-def cryptogram(key: rsa.RSAPublicKey) -> str:
-    plain = json.dumps({**CARD, "terminalId": TERMINAL}, separators=(",", ":")).encode()
-    return base64.b64encode(key.encrypt(plain, padding.PKCS1v15())).decode("ascii")
+def cryptogram(key: rsa.RSAPublicKey, card: dict[str, str] | None = None) -> str:
+    plain = json.dumps({**(card or CARD), "terminalId": TERMINAL}, separators=(",", ":"))
+    return base64.b64encode(key.encrypt(plain.encode(), padding.PKCS1v15())).decode("ascii")
 
 
-def pay_body(key: rsa.RSAPublicKey, invoice: str) -> str:
-    """A cryptopay body as a shop sends it (no postLink: nothing may leave this machine)."""
-    return json.dumps(
-        {
-            "amount": 100,
-            "currency": "KZT",
-            "name": "JON JONSON",
-            "cryptogram": cryptogram(key),
-            "invoiceId": invoice,
-            "description": "bench payment",
-            "accountId": "bench",
-            "email": "jj@example.com",
-            "phone": "77777777777",
-            "cardSave": False,
-        },
-        separators=(",", ":"),
-    )
+def pay_body(
+    key: rsa.RSAPublicKey,
+    invoice: str,
+    *,
+    card: dict[str, str] | None = None,
+    amount: int = 100,
+    post_link: str = "",
+    account: str = "bench",
+) -> str:
+    """A cryptopay body as a shop sends it. A postLink only to the local receiver (f):
+    nothing may leave this machine."""
+    body: dict[str, Any] = {
+        "amount": amount,
+        "currency": "KZT",
+        "name": "JON JONSON",
+        "cryptogram": cryptogram(key, card),
+        "invoiceId": invoice,
+        "description": "bench payment",
+        "accountId": account,
+        "email": "jj@example.com",
+        "phone": "77777777777",
+        "cardSave": False,
+    }
+    if post_link:
+        body["postLink"] = post_link
+    return json.dumps(body, separators=(",", ":"))
 
 
 def public_key(server: Server) -> rsa.RSAPublicKey:
@@ -343,7 +421,9 @@ def public_key(server: Server) -> rsa.RSAPublicKey:
     return key
 
 
-def mint_tokens(server: Server, invoices: list[str], threads: int = 8) -> list[str]:
+def mint_tokens(
+    server: Server, invoices: list[str], threads: int = 8, amount: int = 100
+) -> list[str]:
     """Invoice-bound tokens, issued over HTTP before the clock starts (keep-alive)."""
     netloc = urllib.parse.urlsplit(server.url).netloc
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -354,7 +434,12 @@ def mint_tokens(server: Server, invoices: list[str], threads: int = 8) -> list[s
         try:
             for invoice in part:
                 status, body = request(
-                    server.url, "POST", "/oauth2/token", token_form(invoice).encode(), headers, conn
+                    server.url,
+                    "POST",
+                    "/oauth2/token",
+                    token_form(invoice, amount).encode(),
+                    headers,
+                    conn,
                 )
                 if status != 200:
                     raise RuntimeError(f"token for {invoice}: {status} {body[:300]!r}")
@@ -367,6 +452,29 @@ def mint_tokens(server: Server, invoices: list[str], threads: int = 8) -> list[s
     parts = [invoices[i : i + size] for i in range(0, len(invoices), size)]
     with ThreadPoolExecutor(threads) as pool:
         return [token for part in pool.map(chunk, parts) for token in part]
+
+
+def parallel(
+    server: Server,
+    items: list[str],
+    step: Callable[[http.client.HTTPConnection, str], str],
+    threads: int = 8,
+) -> list[str]:
+    """``step(connection, item)`` for every item, from ``threads`` keep-alive connections;
+    the results in the order of the items."""
+    netloc = urllib.parse.urlsplit(server.url).netloc
+
+    def chunk(part: list[str]) -> list[str]:
+        conn = http.client.HTTPConnection(netloc, timeout=30)
+        try:
+            return [step(conn, item) for item in part]
+        finally:
+            conn.close()
+
+    size = math.ceil(len(items) / threads) or 1
+    parts = [items[i : i + size] for i in range(0, len(items), size)]
+    with ThreadPoolExecutor(threads) as pool:
+        return [out for part in pool.map(chunk, parts) for out in part]
 
 
 def service_token(server: Server) -> str:
@@ -401,6 +509,13 @@ class Load:
     spare: str = "/public.rsa"
     #: successes per line (payments in b, requests otherwise)
     unit: str = "requests"
+    #: paced.lua's target rate (requests/s over all threads)
+    rate: float = 0.0
+    #: substrings of an expected 4xx refusal (g), counted apart from errors
+    refused: str = ""
+    #: the invoices of the lines (f: to find their postLinks afterwards)
+    invoices: list[str] = field(default_factory=list)
+    post_link: str = ""
 
 
 @dataclass
@@ -451,6 +566,8 @@ def run_wrk(
         "BENCH_OUT": str(out),
         "BENCH_LUA_DIR": str(LUA),
         "BENCH_SPARE": load.spare,
+        "BENCH_RATE": str(load.rate),
+        "BENCH_REFUSED": load.refused,
     }
     command = [wrk, "-t", str(load.threads), "-c", str(load.connections)]
     command += ["-d", f"{max(1, round(duration))}s", "--latency", "--timeout", "10s"]
@@ -501,7 +618,10 @@ class Target:
     connections: int
     threads: int
     database_url: str  # plain (sqlite:/// or postgresql://), read from outside
-    seeded: int = 0  # payments made by seed_payments
+    seeded: int = 0  # payments made by seed_payments and for g
+    receiver: Receiver | None = None  # f's postLink receiver
+    rate: float = 300.0  # f's payments per second
+    runs: int = 0  # wrk runs so far (f: each gets its own postLink path)
 
 
 def scenario_load(target: Target, scenario: str, n: int) -> Load:
@@ -531,6 +651,55 @@ def scenario_load(target: Target, scenario: str, n: int) -> Load:
         if scenario == "floor":
             return Load("replay.lua", lines, '"AUTH"', t, c, spare="/")
         return Load("replay.lua", lines, PAID, t, c)
+    if scenario == "d":
+        invoices = target.invoices.take(n)
+        tokens = mint_tokens(target.server, invoices)
+        lines = [
+            tok + "\t" + pay_body(target.key, inv, card=CARD_3DS)
+            for inv, tok in zip(invoices, tokens, strict=True)
+        ]
+        # One connection per thread keeps each answer with its step (see secure3d.lua).
+        return Load("secure3d.lua", lines, '"status":"AUTH"', c, c, unit="payments")
+    if scenario == "f":
+        assert target.receiver is not None
+        target.runs += 1
+        link = f"{target.receiver.url}/postlink/{target.runs}"
+        invoices = target.invoices.take(n)
+        tokens = mint_tokens(target.server, invoices)
+        lines = [
+            replay_line(
+                "POST",
+                "/payment/cryptopay",
+                tok,
+                "application/json",
+                pay_body(target.key, inv, post_link=link),
+            )
+            for inv, tok in zip(invoices, tokens, strict=True)
+        ]
+        # Enough connections for rate x latency: the pace, not the connections, sets it.
+        conns = max(c, 64)
+        return Load(
+            "paced.lua",
+            lines,
+            PAID,
+            t,
+            conns,
+            rate=target.rate,
+            invoices=invoices,
+            post_link=link,
+        )
+    if scenario == "g":
+        charged = charged_payments(target, math.ceil(n / REFUNDS_PER_PAYMENT))
+        token = service_token(target.server)
+        path = "/operation/{}/refund?amount=" + str(REFUND_PART)
+        # Consecutive lines go out at once on a thread's connections, and each thread
+        # takes every t-th line: each payment's refunds race each other.
+        lines = [
+            replay_line("POST", path.format(tx_id), token)
+            for tx_id in charged
+            for _ in range(REFUNDS_PER_PAYMENT)
+        ]
+        return Load("replay.lua", lines, '"code":0', t, c, refused=REFUSED)
     if scenario == "e":
         checked = paid_invoices(target.database_url, 1000)
         if not checked:
@@ -541,6 +710,40 @@ def scenario_load(target: Target, scenario: str, n: int) -> Load:
         lines = [replay_line("GET", paths[i % len(paths)], token) for i in range(n)]
         return Load("replay.lua", lines, '"resultCode":"100"', t, c)
     raise ValueError(f"unknown scenario {scenario}")
+
+
+def charged_payments(target: Target, n: int) -> list[str]:
+    """``n`` payments of REFUND_BASE KZT, charged (two requests each, then a charge)."""
+    invoices = target.invoices.take(n)
+    minted = mint_tokens(target.server, invoices, amount=REFUND_BASE)
+    tokens = dict(zip(invoices, minted, strict=True))
+    charger = service_token(target.server)
+    json_type = {"Content-Type": "application/json"}
+
+    def pay_and_charge(conn: http.client.HTTPConnection, invoice: str) -> str:
+        body = pay_body(target.key, invoice, amount=REFUND_BASE, account=REFUND_ACCOUNT)
+        auth = {"Authorization": f"Bearer {tokens[invoice]}"}
+        status, answer = request(
+            target.server.url, "POST", "/payment/cryptopay", body.encode(), json_type | auth, conn
+        )
+        if status != 200 or PAID.encode() not in answer:
+            raise RuntimeError(f"payment for g {invoice}: {status} {answer[:300]!r}")
+        tx_id: str = json.loads(answer)["id"]
+        status, answer = request(
+            target.server.url,
+            "POST",
+            f"/operation/{tx_id}/charge",
+            b"",
+            {"Authorization": f"Bearer {charger}"},
+            conn,
+        )
+        if status != 200 or b'"status":"CHARGE"' not in answer:
+            raise RuntimeError(f"charge for g {invoice}: {status} {answer[:300]!r}")
+        return tx_id
+
+    charged = parallel(target.server, invoices, pay_and_charge)
+    target.seeded += len(charged)
+    return charged
 
 
 def seed_payments(target: Target, n: int) -> None:
@@ -569,7 +772,7 @@ def measure(
     profile: Path | None = None,
 ) -> dict[str, Any]:
     """Warm up (which also measures the rate), then the timed run with enough requests."""
-    guess = GUESS[scenario] * workers
+    guess = target.rate if scenario == "f" else GUESS[scenario] * workers
     warm, _ = run_wrk(
         target.wrk,
         target.server,
@@ -577,18 +780,24 @@ def measure(
         warmup,
         target.work_dir,
     )
-    rate = max(warm["ok"], 1) / max(warm["duration_s"], 0.1)
-    # Tokens of c cost time to issue; the other scenarios' requests are cheap to build.
-    margin = 1.5 if scenario == "c" else 2.5
-    needed = int(rate * duration * margin) + 20 * target.connections
+    rate = max(warm["ok"] + warm["refused"], 1) / max(warm["duration_s"], 0.1)
+    if scenario == "f":  # paced: the target rate, and a little more in case it is met
+        needed = int(target.rate * duration * 1.1) + 20
+    else:
+        # Tokens (c, d, f) and charged payments (g) cost time to make; the other
+        # scenarios' requests are cheap to build.
+        margin = 1.5 if scenario in ("c", "d", "g") else 2.5
+        needed = int(rate * duration * margin) + 20 * target.connections
     load = scenario_load(target, scenario, needed)
     if profile:
         kind = "sqlite" if target.database_url.startswith("sqlite") else "postgresql"
         profile = profile / f"{kind}-{workers}w-{scenario}"
+    receiver = psutil.Process(target.receiver.process.pid) if target.receiver else None
+    receiver_before = receiver.cpu_times() if receiver else None
     result, sample = run_wrk(target.wrk, target.server, load, duration, target.work_dir, profile)
     seconds = result["duration_s"]
     socket_errors = sum(result["socket_errors"].values())
-    return {
+    row: dict[str, Any] = {
         "scenario": SCENARIO_NAMES[scenario],
         "unit": load.unit,
         "rate": round(result["ok"] / seconds, 1),
@@ -605,11 +814,77 @@ def measure(
         "seconds": round(seconds, 2),
         "exhausted": result["exhausted_threads"] > 0,
         "wrk_threads": load.threads,
+        "wrk_connections": load.connections,
         "cpu_percent": sample.cpu,
         "peak_rss_mb": sample.peak_rss_mb,
         "wrk_cpu_percent": sample.wrk_cpu,
         "warmup_ok": warm["ok"],
         "warmup_errors": warm["bad"] + sum(warm["socket_errors"].values()),
+    }
+    if scenario == "d":  # latency of the whole flow; the requests' own beside it
+        row |= {f"request_{k}": row[k] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")}
+        row |= {k: result[f"flow_{k}"] for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms")}
+    if scenario == "g":
+        row["refused"] = result["refused"]
+        row["warmup_refused"] = warm["refused"]
+    if scenario == "f":
+        row["target_rate"] = target.rate
+        assert receiver is not None and receiver_before is not None
+        row |= postlink_lags(target, load)
+        row["errors"] += row["postlinks_lost"]
+        after = receiver.cpu_times()
+        row["receiver_cpu_percent"] = round(
+            100
+            * (after.user + after.system - receiver_before.user - receiver_before.system)
+            / seconds,
+            1,
+        )
+    return row
+
+
+def _unix(value: Any) -> float:
+    """A timestamp read from outside: SQLite's naive UTC text or PostgreSQL's datetime."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def postlink_lags(target: Target, load: Load, patience: float = 30.0) -> dict[str, Any]:
+    """Lag of every postLink of the run: arrival at the receiver - the notification's
+    created_at (written in the payment's own transaction, just before its commit).
+    Waits up to ``patience`` seconds after the run for deliveries still under way."""
+    assert target.receiver is not None
+    query = (
+        "SELECT t.invoice_id, n.created_at FROM notifications n "  # noqa: S608 - ours
+        f"JOIN transactions t ON t.id = n.transaction_id WHERE n.url = '{load.post_link}'"
+    )
+    paid_query = (
+        "SELECT count(*) FROM transactions "  # noqa: S608 - ours
+        f"WHERE post_link = '{load.post_link}' AND status IN ('AUTH', 'CHARGE')"
+    )
+    deadline = time.monotonic() + patience
+    time.sleep(0.5)  # payments in flight when wrk stopped commit meanwhile
+    while True:
+        written = {str(inv): _unix(at) for inv, at in select(target.database_url, query)}
+        arrived = target.receiver.arrivals()
+        missing = [inv for inv in written if inv not in arrived]
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    paid = int(select(target.database_url, paid_query)[0][0])
+    lags = sorted(1000 * (arrived[inv] - at) for inv, at in written.items() if inv in arrived)
+
+    def pct(p: int) -> float:
+        return round(lags[max(0, math.ceil(len(lags) * p / 100) - 1)], 1) if lags else 0.0
+
+    return {
+        "postlinks": len(written),
+        "postlinks_delivered": len(lags),
+        # never arrived, or never written for a paid payment
+        "postlinks_lost": len(missing) + max(0, paid - len(written)),
+        "lag_p50_ms": pct(50),
+        "lag_p95_ms": pct(95),
+        "lag_p99_ms": pct(99),
+        "lag_max_ms": round(lags[-1], 1) if lags else 0.0,
     }
 
 
@@ -628,14 +903,93 @@ def select(database_url: str, query: str) -> list[tuple[Any, ...]]:
 
 
 def count_by_status(database_url: str) -> dict[str, int]:
-    rows = select(database_url, "SELECT status, count(*) FROM transactions GROUP BY status")
+    """The scenarios' transactions by status (not the --stored-rows ones)."""
+    rows = select(
+        database_url,
+        "SELECT status, count(*) FROM transactions "  # noqa: S608 - constants
+        f"WHERE invoice_id NOT LIKE '{STORED_PREFIX}%' GROUP BY status",
+    )
     return {str(status): int(n) for status, n in rows}
 
 
 def paid_invoices(database_url: str, limit: int) -> list[str]:
     approved = ", ".join(f"'{s}'" for s in APPROVED)
-    query = f"SELECT invoice_id FROM transactions WHERE status IN ({approved}) LIMIT {limit}"  # noqa: S608 - constants
+    query = (
+        f"SELECT invoice_id FROM transactions WHERE status IN ({approved}) "  # noqa: S608 - constants
+        f"AND invoice_id NOT LIKE '{STORED_PREFIX}%' LIMIT {limit}"
+    )
     return [str(invoice) for (invoice,) in select(database_url, query)]
+
+
+def load_stored_rows(database_url: str, count: int) -> float:
+    """``count`` transactions of the test merchant over 90 days (bench/cabinet_search.py's
+    mix of statuses, amounts and cards; invoices starting with 0), then ANALYZE; the
+    seconds it took. PostgreSQL: COPY; SQLite: executemany in one transaction."""
+    import random
+
+    import sqlalchemy as sa
+    from cabinet_search import _rows
+
+    from tolem.payments.models import Transaction
+
+    began = time.perf_counter()
+    ((merchant,),) = select(
+        database_url,
+        f"SELECT merchant_id FROM terminals WHERE id = '{TERMINAL}'",  # noqa: S608 - constant
+    )
+    lines = _rows(random.Random(9), str(merchant), TERMINAL, count, STORED_PREFIX)
+    columns = list(Transaction.__table__.columns)
+    names = ", ".join(c.name for c in columns)
+    batch = 20_000
+    if database_url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(database_url) as pg, pg.cursor() as cursor:
+            with cursor.copy(f"COPY transactions ({names}) FROM STDIN") as copy:
+                chunk: list[str] = []
+                for line in lines:
+                    chunk.append(line)
+                    if len(chunk) == batch:
+                        copy.write("".join(chunk))
+                        chunk = []
+                copy.write("".join(chunk))
+            pg.commit()
+            cursor.execute("ANALYZE")
+            pg.commit()
+        return round(time.perf_counter() - began, 1)
+
+    def value(column: sa.ColumnElement[Any], text: str) -> Any:
+        """A COPY text field as SQLite stores it through tolem's column types."""
+        if text == "\\N":
+            return None
+        kind = column.type
+        if isinstance(kind, sa.Boolean):
+            return int(text == "t")
+        if isinstance(kind, sa.types.TypeDecorator) and isinstance(kind.impl, sa.DateTime):
+            return datetime.fromisoformat(text).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        if isinstance(kind, sa.Integer | sa.types.TypeDecorator) and text.lstrip("-").isdigit():
+            return int(text)
+        return text
+
+    db = sqlite3.connect(database_url.removeprefix("sqlite:///"), timeout=60)
+    try:
+        marks = ", ".join("?" * len(columns))
+        insert = f"INSERT INTO transactions ({names}) VALUES ({marks})"  # noqa: S608 - ours
+        db.execute("BEGIN IMMEDIATE")
+        rows: list[list[Any]] = []
+        for line in lines:
+            fields = line.rstrip("\n").split("\t")
+            rows.append([value(c, f) for c, f in zip(columns, fields, strict=True)])
+            if len(rows) == batch:
+                db.executemany(insert, rows)
+                rows = []
+        db.executemany(insert, rows)
+        db.commit()
+        db.execute("ANALYZE")
+        db.commit()
+    finally:
+        db.close()
+    return round(time.perf_counter() - began, 1)
 
 
 # --- one configuration ------------------------------------------------------------------
@@ -652,8 +1006,20 @@ def run_configuration(
         )
         rows: list[dict[str, Any]] = []
         threads = min(args.threads, args.connections)
-        common = {"database": database, "workers": workers, "connections": args.connections}
-        with tolem_server(data_dir, tolem_url if urls else "", workers) as server:
+        common: dict[str, Any] = {
+            "database": database,
+            "workers": workers,
+            "connections": args.connections,
+            "stored_rows": 0,
+        }
+        with (
+            tolem_server(data_dir, tolem_url if urls else "", workers) as server,
+            postlink_receiver() if "f" in args.scenarios else nullcontext() as receiver,
+        ):
+            if args.stored_rows:
+                console.print(f"  {database}: loading {args.stored_rows:,} stored transactions")
+                common["stored_rows"] = args.stored_rows
+                common["stored_load_s"] = load_stored_rows(plain_url, args.stored_rows)
             target = Target(
                 wrk,
                 server,
@@ -663,6 +1029,8 @@ def run_configuration(
                 args.connections,
                 threads,
                 plain_url,
+                receiver=receiver,
+                rate=args.rate,
             )
             for scenario in args.scenarios:
                 console.print(f"  {database}, {workers} worker(s): {SCENARIO_NAMES[scenario]}")
@@ -686,20 +1054,81 @@ def run_configuration(
 
 
 def _check_database(url: str, target: Target, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Every payment the scenarios made is in the database once, approved."""
+    """Every payment the scenarios made is in the database once, approved; no payment of
+    g is refunded beyond its charge, and its refunds add up to the approved ones."""
     by_status = count_by_status(url)
     approved = sum(by_status.get(s, 0) for s in APPROVED)
-    paying = [r for r in rows if r["scenario"] in (SCENARIO_NAMES["b"], SCENARIO_NAMES["c"])]
+    paying_names = [SCENARIO_NAMES[s] for s in "bcdf"]
+    paying = [r for r in rows if r["scenario"] in paying_names]
     answered = sum(r["ok"] + r["warmup_ok"] for r in paying) + target.seeded
     # A payment in flight when wrk stops is committed but its answer is not counted:
     # at most one per connection per wrk run (warm-up and measured run of each).
-    in_flight = target.connections * 2 * len(paying)
+    in_flight = sum(2 * r["wrk_connections"] for r in paying)
+    # d: a payment whose challenge was under way when wrk stopped stays NEW.
+    three_ds = [r for r in rows if r["scenario"] == SCENARIO_NAMES["d"]]
+    waiting = sum(2 * r["wrk_connections"] for r in three_ds)
+    refunds = [r for r in rows if r["scenario"] == SCENARIO_NAMES["g"]]
+    allowed = set(APPROVED) | ({"REFUND"} if refunds else set()) | ({"NEW"} if waiting else set())
     problems = []
-    if set(by_status) - set(APPROVED):
+    if set(by_status) - allowed:
         problems.append(f"transactions not approved: {by_status}")
-    if not answered <= approved <= answered + in_flight:
-        problems.append(f"{approved} approved in the database, {answered} answered as paid")
-    return {"by_status": by_status, "answered_paid": answered, "problems": problems}
+    if by_status.get("NEW", 0) > waiting:
+        problems.append(f"{by_status['NEW']} payments left NEW, more than were in flight")
+    paid = approved + by_status.get("REFUND", 0)
+    if not answered <= paid <= answered + in_flight:
+        problems.append(f"{paid} approved in the database, {answered} answered as paid")
+    result: dict[str, Any] = {"by_status": by_status, "answered_paid": answered}
+    if refunds:
+        check = _check_refunds(url, refunds)
+        problems += check.pop("problems")
+        result["refunds"] = check
+    result["problems"] = problems
+    return result
+
+
+def _check_refunds(url: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """g, afterwards: per payment, refunded <= charged, nothing left reserved or pending,
+    and the refunded amount is the sum of its approved refunds; as many approved refunds
+    as were answered so (plus at most one in flight per connection per run)."""
+    query = f"""
+        SELECT t.id, t.amount_charged, t.amount_refunded, t.amount_refund_pending,
+               COALESCE(SUM(CASE WHEN o.state = 'done' THEN o.amount END), 0),
+               SUM(CASE WHEN o.state = 'done' THEN 1 ELSE 0 END),
+               SUM(CASE WHEN o.state NOT IN ('done', 'declined') THEN 1 ELSE 0 END)
+        FROM transactions t
+        LEFT JOIN operations o ON o.transaction_id = t.id AND o.kind = 'refund'
+        WHERE t.account_id = '{REFUND_ACCOUNT}'
+        GROUP BY t.id, t.amount_charged, t.amount_refunded, t.amount_refund_pending
+    """  # noqa: S608 - constants
+    payments = select(url, query)
+    over = mismatched = reserved = 0
+    done_total = 0
+    refunded_total = 0
+    for _id, charged, refunded, pending, done_sum, done, unfinished in payments:
+        over += int(refunded) > int(charged)
+        mismatched += int(refunded) != int(done_sum)
+        reserved += int(pending) != 0 or int(unfinished or 0) != 0
+        done_total += int(done or 0)
+        refunded_total += int(refunded)
+    answered = sum(r["ok"] + r["warmup_ok"] for r in rows)
+    in_flight = sum(2 * r["wrk_connections"] for r in rows)
+    problems = []
+    if over:
+        problems.append(f"{over} payments refunded more than was charged")
+    if mismatched:
+        problems.append(f"{mismatched} payments whose refunded amount != their refunds' sum")
+    if reserved:
+        problems.append(f"{reserved} payments with a refund still reserved or unfinished")
+    if not answered <= done_total <= answered + in_flight:
+        problems.append(f"{done_total} refunds done in the database, {answered} answered so")
+    return {
+        "payments": len(payments),
+        "refunds_done": done_total,
+        "refunds_answered": answered,
+        "refunded_kzt": refunded_total / 100,
+        "over_refunded": over,
+        "problems": problems,
+    }
 
 
 @contextmanager
@@ -716,8 +1145,11 @@ def _database(kind: str) -> Iterator[tuple[str, str] | None]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    table = Table(title="tolem benchmark (rate: successful requests/s; b: payments/s)")
-    for name in ("scenario", "db", "workers", "conns", "rate", "p50 ms", "p95 ms", "p99 ms"):
+    table = Table(
+        title="tolem benchmark (rate: successful requests/s; b, d, f: payments/s; "
+        "d: latency of the whole flow)"
+    )
+    for name in ("scenario", "db", "workers", "rows", "rate", "p50 ms", "p95 ms", "p99 ms"):
         table.add_column(name, justify="left" if name in ("scenario", "db") else "right")
     for name in ("errors", "CPU % per worker", "peak RSS MB", "wrk CPU %", "vs floor"):
         table.add_column(name, justify="right")
@@ -727,8 +1159,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             row["scenario"] + (" (exhausted)" if row["exhausted"] else ""),
             row["database"],
             str(row["workers"]),
-            str(row["connections"]),
-            f"{row['rate']:.0f}",
+            f"{row['stored_rows']:,}",
+            f"{row['rate']:.0f}" + (f" / {row['target_rate']:.0f}" if "target_rate" in row else ""),
             f"{row['p50_ms']:.1f}",
             f"{row['p95_ms']:.1f}",
             f"{row['p99_ms']:.1f}",
@@ -739,6 +1171,30 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{row['floor_ratio']:.0%}" if "floor_ratio" in row else "",
         )
     console.print(table)
+    for row in rows:
+        where = f"{row['database']}, {row['workers']} worker(s)"
+        if "lag_p50_ms" in row:
+            console.print(
+                f"f postLink lag, {where}: p50 {row['lag_p50_ms']:.0f} ms, "
+                f"p95 {row['lag_p95_ms']:.0f} ms, p99 {row['lag_p99_ms']:.0f} ms, "
+                f"max {row['lag_max_ms']:.0f} ms; {row['postlinks_delivered']} of "
+                f"{row['postlinks']} delivered, lost {row['postlinks_lost']}; achieved "
+                f"{row['rate']:.0f} of {row['target_rate']:.0f} payments/s; receiver CPU "
+                f"{row['receiver_cpu_percent']:.0f} %"
+            )
+        if "refused" in row:
+            refunds = row["database_check"].get("refunds", {})
+            console.print(
+                f"g racing refunds, {where}: {row['ok']} approved, {row['refused']} refused "
+                f"(would exceed; expected); database: {refunds.get('refunds_done')} done on "
+                f"{refunds.get('payments')} payments, over-refunded "
+                f"{refunds.get('over_refunded')}"
+            )
+        if "stored_load_s" in row and row["scenario"] == rows[0]["scenario"]:
+            console.print(
+                f"stored rows, {where}: {row['stored_rows']:,} loaded in "
+                f"{row['stored_load_s']:.1f} s"
+            )
     for row in rows:
         if row["errors"]:
             console.print(f"[red]{row['scenario']} {row['database']}:[/red] {row['first_error']}")
@@ -758,7 +1214,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (not for b)")
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"])
-    parser.add_argument("--scenarios", help="comma-separated of a,b,c,e (default all)")
+    parser.add_argument("--scenarios", help="comma-separated of a,b,c,d,e,f,g (default all)")
+    parser.add_argument(
+        "--rate", type=float, default=300.0, help="f: payments per second (default 300)"
+    )
+    parser.add_argument(
+        "--stored-rows",
+        type=int,
+        default=0,
+        metavar="N",
+        help="bulk-load N transactions of the test merchant before the scenarios",
+    )
     parser.add_argument("--no-floor", dest="floor", action="store_false", help="skip the floor")
     parser.add_argument(
         "--json",
@@ -781,13 +1247,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.duration = args.duration or (1.0 if quick else 10.0)
     args.warmup = args.warmup or (1.0 if quick else 3.0)
     args.database = args.database or ("sqlite" if quick else "both")
-    scenarios = (args.scenarios or ("a,c" if quick else "a,b,c,e")).split(",")
-    unknown = [s for s in scenarios if s not in ("a", "b", "c", "e")]
+    scenarios = (args.scenarios or ("a,c" if quick else ",".join(ALL_SCENARIOS))).split(",")
+    unknown = [s for s in scenarios if s not in ALL_SCENARIOS]
     if unknown:
-        parser.error(f"unknown scenario(s) {','.join(unknown)}: choose from a,b,c,e")
+        parser.error(f"unknown scenario(s) {','.join(unknown)}: choose from a,b,c,d,e,f,g")
     args.scenarios = scenarios
-    if args.connections < 1 or min(args.workers) < 1 or args.duration <= 0:
-        parser.error("connections, workers and duration must be positive")
+    if args.connections < 1 or min(args.workers) < 1 or args.duration <= 0 or args.rate <= 0:
+        parser.error("connections, workers, duration and rate must be positive")
+    if args.stored_rows < 0:
+        parser.error("--stored-rows must be 0 or more")
     return args
 
 
@@ -818,6 +1286,8 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "connections": args.connections,
             "wrk_threads": args.threads,
+            "postlink_rate": args.rate,
+            "stored_rows": args.stored_rows,
             "rsa_key_bits": 2048,
             "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
         },

@@ -15,7 +15,7 @@ function init(args)
    lines = load_lines(id)
    index = 1
    phase = "token"
-   ok, bad, http_error, exhausted = 0, 0, 0, 0
+   ok, bad, http_error, exhausted, refused = 0, 0, 0, 0, 0
    expect = os.getenv("BENCH_EXPECT")
    spare = wrk.format("GET", "/public.rsa")
 end

@@ -12,7 +12,7 @@ local lines, index, expect, spare
 function init(args)
    lines = load_lines(id)
    index = 0
-   ok, bad, http_error, exhausted = 0, 0, 0, 0
+   ok, bad, http_error, exhausted, refused = 0, 0, 0, 0, 0
    expect = os.getenv("BENCH_EXPECT")
    spare = wrk.format("GET", os.getenv("BENCH_SPARE") or "/")
 end
