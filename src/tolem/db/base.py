@@ -82,23 +82,27 @@ def uuid_column_type() -> String:
 
 
 @functools.cache
-def _column_defaults(cls: type[Base]) -> tuple[tuple[str, str, Any, bool], ...]:
+def _column_defaults(cls: type[DeclarativeBase]) -> tuple[tuple[str, str, Any, bool], ...]:
     """(attribute, column, column default, filled by the database) for each column."""
     out = []
     for prop in inspect(cls).column_attrs:
         column = prop.columns[0]
-        by_database = column.primary_key and column.autoincrement is True
+        # An autoincrement key, or a column with only a server default: the database
+        # fills it (the object does not learn the value).
+        by_database = (column.primary_key and column.autoincrement is True) or (
+            column.default is None and column.server_default is not None
+        )
         out.append((prop.key, column.key, column.default, by_database))
     return tuple(out)
 
 
-def insert_row(obj: Base) -> dict[str, Any]:
+def insert_row(obj: DeclarativeBase) -> dict[str, Any]:
     """The row that inserting ``obj`` writes, for a Core ``insert()`` of its table.
 
     Columns left unset get their Python-side defaults, on ``obj`` too, so that ``obj``
-    reads as the stored row would (an autoincrement key is left to the database). Core
-    inserts skip the ORM's unit of work, which costs more than the statement itself on
-    the payment path.
+    reads as the stored row would (an autoincrement key, or a column with only a server
+    default, is left to the database). Core inserts skip the ORM's unit of work, which
+    costs more than the statement itself on the payment path.
     """
     state = obj.__dict__
     row: dict[str, Any] = {}
