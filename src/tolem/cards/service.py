@@ -9,7 +9,7 @@ sealed card is deleted.
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from tolem.cards.models import CardState, SavedCard
@@ -41,13 +41,16 @@ def hold(session: Session, vault: CardVault, tx: Transaction, card: Card) -> Sav
     return saved
 
 
+# Built once: every payment runs it, and building a statement costs more than running it.
+_PENDING_OF = select(SavedCard).where(
+    SavedCard.transaction_id == bindparam("transaction_id"),
+    SavedCard.state == CardState.PENDING.value,
+)
+
+
 def settle(session: Session, tx: Transaction, *, approved: bool) -> str:
     """Keep or drop the card held by this payment; the cardID, or "" if none."""
-    pending = session.scalars(
-        select(SavedCard).where(
-            SavedCard.transaction_id == tx.id, SavedCard.state == CardState.PENDING.value
-        )
-    ).first()
+    pending = session.scalars(_PENDING_OF, {"transaction_id": tx.id}).first()
     if pending is None:
         return ""
     if not approved:

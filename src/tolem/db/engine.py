@@ -3,26 +3,41 @@
 SQLite runs in WAL mode. Write transactions begin with ``BEGIN IMMEDIATE`` so that two
 writers queue on the busy timeout instead of failing when a read lock cannot be upgraded;
 read-only transactions stay deferred and never block writers.
+
+SQLite has one writer at a time, and its busy handler makes a waiting writer sleep in
+growing steps (up to 100 ms) and retry, so under load a writer can lose the race again and
+again: that was a tail of seconds for payments. Within one process, write transactions
+therefore queue on a lock of their own, taken before ``BEGIN IMMEDIATE`` and released
+after ``COMMIT`` or ``ROLLBACK``; a thread waiting on it wakes as soon as the writer
+before it is done. Writers in other processes (more workers, the CLI) still meet on the
+busy timeout. Nothing holds a write transaction across a network call, so the lock is
+held only for local database work.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 _WRITE = "tolem_write"
+#: Seconds a writer waits for the database (SQLite's busy timeout, and the process's
+#: writer lock before it).
+BUSY_TIMEOUT = 30
 
 
 def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 20) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 30},
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT},
             pool_size=pool_size,
             max_overflow=pool_size * 2,
             hide_parameters=True,  # a failed statement's values stay out of the logs
@@ -48,7 +63,7 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -66,6 +81,9 @@ class Database:
         self.url = url
         self.engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # Re-entrant: a write opened inside another in the same thread behaves as it
+        # did without the lock (it waits on SQLite's busy timeout, then fails).
+        self._writer = _WriterLock() if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -74,7 +92,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that will write: commits on success, rolls back on error."""
-        with self._sessions() as session:
+        with self._writer or nullcontext(), self._sessions() as session:
             session.connection(execution_options={_WRITE: True})
             try:
                 yield session
@@ -95,3 +113,20 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+class _WriterLock:
+    """The process's SQLite writer slot: one write transaction at a time, in arrival order
+    as far as the operating system's lock allows, failing like SQLite after the timeout."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=BUSY_TIMEOUT):
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import idna
-from sqlalchemy import select, update
+from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tolem import sandbox
@@ -106,8 +106,13 @@ def seed_sandbox(session: Session) -> bool:
     return True
 
 
+# Built once: every token and payment runs these, and building a statement costs more
+# than running it.
+_BY_CLIENT_ID = select(Merchant).where(Merchant.client_id == bindparam("client_id"))
+
+
 def find_by_client_id(session: Session, client_id: str) -> Merchant | None:
-    return session.scalars(select(Merchant).where(Merchant.client_id == client_id)).first()
+    return session.scalars(_BY_CLIENT_ID, {"client_id": client_id}).first()
 
 
 def authenticate(session: Session, client_id: str, client_secret: str) -> Merchant | None:
@@ -119,10 +124,46 @@ def authenticate(session: Session, client_id: str, client_secret: str) -> Mercha
     return merchant if secret_matches(merchant, client_secret) else None
 
 
+_WITH_TERMINAL = (
+    select(Merchant, Terminal)
+    .outerjoin(
+        Terminal,
+        and_(Terminal.merchant_id == Merchant.id, Terminal.id == bindparam("terminal_id")),
+    )
+    .where(Merchant.client_id == bindparam("client_id"))
+)
+
+
+def authenticate_with_terminal(
+    session: Session, client_id: str, client_secret: str, terminal_id: str
+) -> tuple[Merchant | None, Terminal | None]:
+    """:func:`authenticate` and :func:`terminal_of` in one query (a token names both).
+
+    The terminal is None when the merchant has no terminal of that id; both are None
+    when the credentials do not match.
+    """
+    row = session.execute(
+        _WITH_TERMINAL, {"client_id": client_id, "terminal_id": terminal_id}
+    ).first()
+    if row is None:
+        # Spend the same time as a real check so that client ids cannot be probed.
+        hmac.compare_digest(digest_secret("00" * 16, client_secret), "0" * 64)
+        return None, None
+    merchant, terminal = row
+    if not secret_matches(merchant, client_secret):
+        return None, None
+    return merchant, terminal
+
+
+_TERMINAL_OF = select(Terminal).where(
+    Terminal.id == bindparam("terminal_id"), Terminal.merchant_id == bindparam("merchant_id")
+)
+
+
 def terminal_of(session: Session, merchant_id: str, terminal_id: str) -> Terminal | None:
     """The terminal, if it belongs to this merchant (queries are merchant-scoped)."""
     return session.scalars(
-        select(Terminal).where(Terminal.id == terminal_id, Terminal.merchant_id == merchant_id)
+        _TERMINAL_OF, {"terminal_id": terminal_id, "merchant_id": merchant_id}
     ).first()
 
 

@@ -60,17 +60,19 @@ def issue(
     client_secret = _first(form, "client_secret") or ""
     if not client_id or not client_secret:
         raise TokenError("invalid_request", "client_id and client_secret are required")
-    merchant = merchants.authenticate(session, client_id, client_secret)
+    terminal_id = (_first(form, "terminal") or "").strip()
+    if terminal_id:  # the merchant and the terminal in one query
+        merchant, terminal = merchants.authenticate_with_terminal(
+            session, client_id, client_secret, terminal_id
+        )
+    else:
+        merchant, terminal = merchants.authenticate(session, client_id, client_secret), None
     if merchant is None:
         raise TokenError("invalid_client", "invalid client credentials", status=401)
 
     try:
-        terminal_id = (_first(form, "terminal") or "").strip()
-        terminal = None
-        if terminal_id:
-            terminal = merchants.terminal_of(session, merchant.id, terminal_id)
-            if terminal is None:
-                raise fields.FieldError("terminal", "no such terminal for this client")
+        if terminal_id and terminal is None:
+            raise fields.FieldError("terminal", "no such terminal for this client")
         raw_invoice = _first(form, "invoiceID")
         invoice_id = fields.invoice(raw_invoice, "invoiceID") if raw_invoice else ""
         raw_amount = _first(form, "amount")

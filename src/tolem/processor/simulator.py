@@ -19,13 +19,14 @@ import secrets
 import string
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import cast
 
-from sqlalchemy import Boolean, Integer, String, select
+from sqlalchemy import Boolean, Integer, String, Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tolem import carddata
-from tolem.db.base import Base, Money, UTCDateTime, utcnow
+from tolem.db.base import Base, Money, UTCDateTime, insert_row, utcnow
 from tolem.db.engine import Database
 from tolem.processor import cards
 from tolem.processor.base import (
@@ -77,6 +78,9 @@ class LedgerEntry(Base):
             int_reference=self.int_reference,
             issuer=self.issuer,
         )
+
+
+_INSERT_LEDGER = insert(cast(Table, LedgerEntry.__table__))
 
 
 class AcsSession(Base):
@@ -152,12 +156,25 @@ def rrn(now: datetime | None = None) -> str:
     return f"{now.year % 10}{now.timetuple().tm_yday:03d}{now.hour:02d}" + _digits(6)
 
 
+# One draw from the system's random source per value, not one per character: each draw
+# is a system call that lets go of the GIL, and under load every one of them means
+# waiting for it again.
+
+
 def _digits(n: int) -> str:
-    return "".join(secrets.choice(string.digits) for _ in range(n))
+    return f"{secrets.randbelow(10**n):0{n}d}"
+
+
+_BASE36 = string.digits + string.ascii_uppercase
 
 
 def _int_reference() -> str:
-    return "".join(secrets.choice(string.digits + string.ascii_uppercase) for _ in range(16))
+    value = secrets.randbelow(36**16)
+    chars = []
+    for _ in range(16):
+        value, digit = divmod(value, 36)
+        chars.append(_BASE36[digit])
+    return "".join(chars)
 
 
 def _md() -> str:
@@ -360,16 +377,17 @@ class Simulator:
         return self._record(entry)
 
     def _record(self, entry: LedgerEntry) -> ProcessorResult:
+        """Keep the entry, or return the answer already kept under its reference.
+
+        The insert goes first: the reference is the primary key, so a repeated call
+        fails it and reads the first answer, and a new one costs no read beforehand.
+        """
         reference = entry.reference
-        with self._db.read() as session:
-            existing = session.get(LedgerEntry, reference)
-            if existing is not None:
-                return existing.result()
         try:
             with self._db.write() as session:
-                session.add(entry)
+                session.execute(_INSERT_LEDGER, insert_row(entry))
                 result = entry.result()
-        except IntegrityError:  # a concurrent call with the same reference won
+        except IntegrityError:  # a repeated call, or a concurrent one that won
             with self._db.read() as session:
                 winner = session.scalars(
                     select(LedgerEntry).where(LedgerEntry.reference == reference)
