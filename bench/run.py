@@ -792,7 +792,9 @@ def measure(
     if profile:
         kind = "sqlite" if target.database_url.startswith("sqlite") else "postgresql"
         profile = profile / f"{kind}-{workers}w-{scenario}"
-    receiver = psutil.Process(target.receiver.process.pid) if target.receiver else None
+    # Only f's receiver is measured; it is stopped by the time the floor runs.
+    watched = target.receiver if scenario == "f" else None
+    receiver = psutil.Process(watched.process.pid) if watched else None
     receiver_before = receiver.cpu_times() if receiver else None
     result, sample = run_wrk(target.wrk, target.server, load, duration, target.work_dir, profile)
     seconds = result["duration_s"]
