@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -38,3 +38,17 @@ def chromium() -> Iterator[Browser]:
 def screenshot_path(name: str) -> str:
     ARTIFACTS.mkdir(exist_ok=True)
     return str(ARTIFACTS / f"{name}.png")
+
+
+def watched_page(browser: Browser, viewport: dict[str, int]) -> tuple[Page, list[str]]:
+    """A new page that records CSP violations, console errors and page errors."""
+    page = browser.new_page(viewport=viewport)  # type: ignore[arg-type]
+    problems: list[str] = []
+
+    def console(message: ConsoleMessage) -> None:
+        if message.type == "error" or "Content Security Policy" in message.text:
+            problems.append(message.text)
+
+    page.on("console", console)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    return page, problems

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage, Page
+from playwright.sync_api import Browser, Page
 
-from tests.browser import chromium, screenshot_path
+from tests.browser import chromium, screenshot_path, watched_page
 from tests.cabinet_support import delivering_gateway, new_merchant, new_user, pay_as
 from tests.receiver import running_receiver
 from tests.support import Gateway
@@ -26,20 +26,6 @@ DESKTOP = {"width": 1280, "height": 900}
 def browser() -> Iterator[Browser]:
     with chromium() as b:
         yield b
-
-
-def _open(browser: Browser, viewport: dict[str, int]) -> tuple[Page, list[str]]:
-    """A page that records CSP violations, console errors and page errors."""
-    page = browser.new_page(viewport=viewport)  # type: ignore[arg-type]
-    problems: list[str] = []
-
-    def console(message: ConsoleMessage) -> None:
-        if message.type == "error" or "Content Security Policy" in message.text:
-            problems.append(message.text)
-
-    page.on("console", console)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    return page, problems
 
 
 def _log_in(page: Page, gw: Gateway, email: str, password: str) -> None:
@@ -62,7 +48,7 @@ def test_log_in_and_find_a_payment_by_its_invoice(
     with gateway.client() as client:
         invoice, paid = pay_as(gateway, client, description="Cabinet <b>browser</b> test")
     assert paid.status_code == 200, paid.text
-    page, problems = _open(browser, DESKTOP)
+    page, problems = watched_page(browser, DESKTOP)
     _log_in(page, gateway, SANDBOX_EMAIL, SANDBOX_PASSWORD)
     _to_transactions(page, gateway)
     assert page.locator("h1").inner_text() == "Transactions"
@@ -106,7 +92,7 @@ def test_three_wrong_passwords_lock_the_account(
     gateway: Gateway, browser: Browser, backend: str
 ) -> None:
     email = new_user(gateway)
-    page, problems = _open(browser, PHONE)
+    page, problems = watched_page(browser, PHONE)
     for _ in range(2):
         _log_in(page, gateway, email, "wrong-pass")
         page.wait_for_selector("#error")
@@ -149,7 +135,7 @@ def test_another_merchants_transactions_are_never_visible(
         theirs, paid = pay_as(gateway, client)
         mine, own = pay_as(gateway, client, creds=other)
     assert paid.status_code == own.status_code == 200, (paid.text, own.text)
-    page, problems = _open(browser, DESKTOP)
+    page, problems = watched_page(browser, DESKTOP)
     _log_in(page, gateway, email, "right-pass-1")
     _to_transactions(page, gateway)
     assert "Another shop" in page.locator("#who").inner_text()
@@ -172,7 +158,7 @@ def test_another_merchants_transactions_are_never_visible(
 
 
 def test_the_session_cookie_is_out_of_scripts_reach(gateway: Gateway, browser: Browser) -> None:
-    page, problems = _open(browser, DESKTOP)
+    page, problems = watched_page(browser, DESKTOP)
     _log_in(page, gateway, SANDBOX_EMAIL, SANDBOX_PASSWORD)
     page.wait_for_selector("#logout")
     assert "tolem_cabinet" not in page.evaluate("() => document.cookie")
@@ -192,7 +178,7 @@ def test_open_a_payment_charge_and_refund_part_of_it(browser: Browser, tmp_path:
             invoice, paid = pay_as(gw, client, postLink=link, description="Order <b>42</b>")
         assert paid.status_code == 200, paid.text
         tx_id = paid.json()["id"]
-        page, problems = _open(browser, DESKTOP)
+        page, problems = watched_page(browser, DESKTOP)
         _log_in(page, gw, SANDBOX_EMAIL, SANDBOX_PASSWORD)
         _to_transactions(page, gw)
         page.fill("#invoice", invoice)

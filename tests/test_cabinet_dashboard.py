@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, ConsoleMessage, Page
+from playwright.sync_api import Browser
 
-from tests.browser import chromium, screenshot_path
+from tests.browser import chromium, screenshot_path, watched_page
 from tests.cabinet_support import log_in, new_merchant, new_user, pay_as
 from tests.conftest import fresh_postgres
 from tests.support import (
@@ -394,19 +394,6 @@ def browser() -> Iterator[Browser]:
         yield b
 
 
-def _open(browser: Browser, viewport: dict[str, int]) -> tuple[Page, list[str]]:
-    page = browser.new_page(viewport=viewport)  # type: ignore[arg-type]
-    problems: list[str] = []
-
-    def console(message: ConsoleMessage) -> None:
-        if message.type == "error" or "Content Security Policy" in message.text:
-            problems.append(message.text)
-
-    page.on("console", console)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    return page, problems
-
-
 def test_the_dashboard_in_a_browser_at_desktop_and_phone_width(
     gateway: Gateway, browser: Browser, client: httpx.Client
 ) -> None:
@@ -414,7 +401,7 @@ def test_the_dashboard_in_a_browser_at_desktop_and_phone_width(
     email = new_user(gateway, client_id=creds["clientId"])
     for amount, card in (("100.00", APPROVE), ("50.00", APPROVE), ("10.00", decline(484))):
         pay(gateway, client, creds, amount, card=card)
-    page, problems = _open(browser, DESKTOP)
+    page, problems = watched_page(browser, DESKTOP)
     page.goto(f"{gateway.base_url}/cabinet/login?lang=en")
     page.fill("#email", email)
     page.fill("#password", "right-pass-1")

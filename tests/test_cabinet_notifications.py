@@ -20,9 +20,9 @@ from typing import Any
 import httpx
 import pytest
 from markupsafe import escape
-from playwright.sync_api import Browser, ConsoleMessage
+from playwright.sync_api import Browser
 
-from tests.browser import chromium, screenshot_path
+from tests.browser import chromium, screenshot_path, watched_page
 from tests.cabinet_support import (
     DELIVERING,
     csrf_of,
@@ -349,15 +349,7 @@ def test_redeliver_in_a_browser_at_phone_width(
             assert log_in(client, SANDBOX_EMAIL, SANDBOX_PASSWORD).status_code == 303
             invoice, row = failed_postlink(gw, client, receiver.url(path))
 
-        page = browser.new_page(viewport=DESKTOP)  # type: ignore[arg-type]
-        problems: list[str] = []
-
-        def console(message: ConsoleMessage) -> None:
-            if message.type == "error" or "Content Security Policy" in message.text:
-                problems.append(message.text)
-
-        page.on("console", console)
-        page.on("pageerror", lambda e: problems.append(str(e)))
+        page, problems = watched_page(browser, DESKTOP)
         page.goto(f"{gw.base_url}/cabinet/login?lang=en")
         page.fill("#email", SANDBOX_EMAIL)
         page.fill("#password", SANDBOX_PASSWORD)
