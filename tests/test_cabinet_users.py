@@ -24,8 +24,8 @@ from tolem.cabinet.passwords import (
 from tolem.cabinet.sessions import (
     IDLE_TIMEOUT,
     SESSION_LIFETIME,
-    find_session,
     look_up,
+    settle,
     start_session,
 )
 from tolem.cabinet.users import (
@@ -213,7 +213,10 @@ def test_sessions_are_looked_up_read_only_and_swept_at_logins(db: Database) -> N
         ended = look_up(session, token, now + IDLE_TIMEOUT)
         assert ended is not None and ended.ended and ended.user is None
     with db.write() as session:  # a visit 31 s later is recorded
-        assert find_session(session, token, now + timedelta(seconds=31)) is not None
+        later = now + timedelta(seconds=31)
+        visit = look_up(session, token, later)
+        assert visit is not None and not visit.ended and visit.user is not None
+        settle(session, visit, later)
     with db.read() as session:
         rows = {r.id: r for r in session.scalars(select(CabinetSession))}
         assert len(rows) == 2  # the old one waits for the next login

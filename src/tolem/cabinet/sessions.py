@@ -24,7 +24,6 @@ __all__ = [
     "SESSION_LIFETIME",
     "Found",
     "end_session",
-    "find_session",
     "look_up",
     "settle",
     "start_session",
@@ -123,21 +122,6 @@ def settle(session: Session, found: Found, now: datetime) -> None:
             .values(last_seen_at=now)
             .execution_options(synchronize_session=False)
         )
-
-
-def find_session(
-    session: Session, token: str | None, now: datetime | None = None
-) -> tuple[CabinetSession, CabinetUser] | None:
-    """The live session the cookie names, and its user; ended sessions are deleted and
-    visits recorded, in ``session`` (a write transaction)."""
-    now = now or utcnow()
-    found = look_up(session, token, now)
-    if found is None:
-        return None
-    settle(session, found, now)
-    if found.ended or found.user is None:
-        return None
-    return found.row, found.user
 
 
 def end_session(session: Session, token: str | None) -> bool:

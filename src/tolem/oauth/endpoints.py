@@ -94,7 +94,7 @@ async def _form(request: Request) -> dict[str, str]:
 )
 async def token(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     form = await _form(request)
-    grant = (service._first(form, "grant_type") or "").strip()
+    grant = (service.first_field(form, "grant_type") or "").strip()
     if grant in grants.GRANTS:
         return await _user_token(rt, grant, form)
 

@@ -34,7 +34,7 @@ from tolem.cabinet.passwords import verify_password
 from tolem.cabinet.users import LoginResult, find_user, log_in
 from tolem.db.base import utcnow
 from tolem.merchants import service as merchants
-from tolem.oauth.service import TokenError, _first
+from tolem.oauth.service import TokenError, first_field
 from tolem.oauth.tokens import AccessToken, TokenSealer
 
 PASSWORD, REFRESH = "password", "refresh_token"
@@ -73,8 +73,8 @@ def _digest(token: str) -> str:
 
 def _client(session: Session, form: Mapping[str, str]) -> str:
     """The merchant id of the form's client credentials, or 401."""
-    client_id = (_first(form, "client_id") or "").strip()
-    client_secret = _first(form, "client_secret") or ""
+    client_id = (first_field(form, "client_id") or "").strip()
+    client_secret = first_field(form, "client_secret") or ""
     if not client_id or not client_secret:
         raise TokenError("invalid_request", "client_id and client_secret are required")
     merchant = merchants.authenticate(session, client_id, client_secret)
@@ -85,7 +85,7 @@ def _client(session: Session, form: Mapping[str, str]) -> str:
 
 def _scope(form: Mapping[str, str]) -> str:
     try:
-        scope = fields.text(_first(form, "scope"), "scope", max_length=500).strip()
+        scope = fields.text(first_field(form, "scope"), "scope", max_length=500).strip()
     except fields.FieldError as exc:
         raise TokenError("invalid_request", str(exc)) from exc
     return " ".join(scope.split()) or USER_SCOPE
@@ -142,8 +142,8 @@ def password_grant(
     """A user token and a refresh token, or the error to answer. The error is returned,
     not raised, so that the caller commits what a wrong password counted."""
     merchant_id = _client(session, form)
-    username = (_first(form, "username") or "").strip()
-    password = _first(form, "password") or ""
+    username = (first_field(form, "username") or "").strip()
+    password = first_field(form, "password") or ""
     if not username or not password:
         raise TokenError("invalid_request", "username and password are required")
     if len(username) > _MAX_USERNAME:
@@ -194,7 +194,7 @@ def refresh_grant(
     """A new access token and a new refresh token for a live refresh token, or the error
     to answer (returned, so that the caller commits an ended family)."""
     merchant_id = _client(session, form)
-    presented = (_first(form, "refresh_token") or "").strip()
+    presented = (first_field(form, "refresh_token") or "").strip()
     if not presented:
         raise TokenError("invalid_request", "refresh_token is required")
     scope = _scope(form)

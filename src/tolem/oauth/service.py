@@ -32,7 +32,7 @@ class IssuedToken:
     scope: str
 
 
-def _first(form: Mapping[str, str], name: str) -> str | None:
+def first_field(form: Mapping[str, str], name: str) -> str | None:
     """A form field by name, ignoring case (ePay clients send invoiceID, invoiceId, …)."""
     if name in form:
         return form[name]
@@ -51,16 +51,16 @@ def issue(
     ttl: int,
     enforce_hosts: bool = False,
 ) -> IssuedToken:
-    grant = (_first(form, "grant_type") or "").strip()
+    grant = (first_field(form, "grant_type") or "").strip()
     if not grant:
         raise TokenError("invalid_request", "grant_type is required")
     if grant != "client_credentials":
         raise TokenError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
-    client_id = (_first(form, "client_id") or "").strip()
-    client_secret = _first(form, "client_secret") or ""
+    client_id = (first_field(form, "client_id") or "").strip()
+    client_secret = first_field(form, "client_secret") or ""
     if not client_id or not client_secret:
         raise TokenError("invalid_request", "client_id and client_secret are required")
-    terminal_id = (_first(form, "terminal") or "").strip()
+    terminal_id = (first_field(form, "terminal") or "").strip()
     if terminal_id:  # the merchant and the terminal in one query
         merchant, terminal = merchants.authenticate_with_terminal(
             session, client_id, client_secret, terminal_id
@@ -73,24 +73,24 @@ def issue(
     try:
         if terminal_id and terminal is None:
             raise fields.FieldError("terminal", "no such terminal for this client")
-        raw_invoice = _first(form, "invoiceID")
+        raw_invoice = first_field(form, "invoiceID")
         invoice_id = fields.invoice(raw_invoice, "invoiceID") if raw_invoice else ""
-        raw_amount = _first(form, "amount")
+        raw_amount = first_field(form, "amount")
         amount: Decimal | None = (
             fields.amount(raw_amount, allow_zero=True) if raw_amount not in (None, "") else None
         )
-        raw_currency = _first(form, "currency")
+        raw_currency = first_field(form, "currency")
         currency = fields.currency(raw_currency) if raw_currency else ""
         if currency and terminal is not None and not terminal.accepts(currency):
             raise fields.FieldError("currency", f"terminal does not accept {currency}")
-        post_link = fields.link(_first(form, "postLink"), "postLink")
-        failure_post_link = fields.link(_first(form, "failurePostLink"), "failurePostLink")
+        post_link = fields.link(first_field(form, "postLink"), "postLink")
+        failure_post_link = fields.link(first_field(form, "failurePostLink"), "failurePostLink")
         if enforce_hosts and terminal is not None:  # production: the terminal's host list
             links = {"postLink": post_link, "failurePostLink": failure_post_link}
             if problem := merchants.link_problem(terminal, links):
                 raise TokenError("invalid_request", problem)
-        secret_hash = fields.text(_first(form, "secret_hash"), "secret_hash", max_length=500)
-        scope = fields.text(_first(form, "scope"), "scope", max_length=500).strip()
+        secret_hash = fields.text(first_field(form, "secret_hash"), "secret_hash", max_length=500)
+        scope = fields.text(first_field(form, "scope"), "scope", max_length=500).strip()
     except fields.FieldError as exc:
         raise TokenError("invalid_request", str(exc)) from exc
 
