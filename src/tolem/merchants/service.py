@@ -12,8 +12,10 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 import idna
@@ -23,6 +25,8 @@ from sqlalchemy.orm import Session
 from tolem import sandbox
 from tolem.merchants.models import Merchant, Terminal
 from tolem.processor.base import Secure3DPolicy
+
+_T = TypeVar("_T")
 
 SANDBOX_CLIENT_ID = sandbox.CLIENT_ID
 SANDBOX_CLIENT_SECRET = sandbox.CLIENT_SECRET
@@ -134,25 +138,103 @@ _WITH_TERMINAL = (
 )
 
 
-def authenticate_with_terminal(
-    session: Session, client_id: str, client_secret: str, terminal_id: str
-) -> tuple[Merchant | None, Terminal | None]:
-    """:func:`authenticate` and :func:`terminal_of` in one query (a token names both).
+class Directory:
+    """Merchants and terminals as tokens and payments read them, kept a second per process.
 
-    The terminal is None when the merchant has no terminal of that id; both are None
-    when the credentials do not match.
+    Every token and payment read its merchant or terminal from the database: a query,
+    and for a token the only reason to leave the event loop. Entries are kept for
+    ``ttl`` seconds, absent ones too (so a known client id answers no faster than an
+    unknown one), at most ``size`` of them. What is kept is detached from any session
+    and only read. A change made in this process (:func:`update_terminal`,
+    :func:`rotate_secret`) empties the directory; other processes see it within ``ttl``.
     """
-    row = session.execute(
-        _WITH_TERMINAL, {"client_id": client_id, "terminal_id": terminal_id}
-    ).first()
-    if row is None:
+
+    def __init__(self, *, ttl: float = 1.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[tuple[str, ...], tuple[float, object]] = {}
+
+    def get(self, key: tuple[str, ...]) -> tuple[bool, object]:
+        """(True, value) when ``key`` is kept and fresh, else (False, None)."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def load(self, key: tuple[str, ...], session: Session, load: Callable[[], _T]) -> _T:
+        """The value kept under ``key``, else ``load()``'s, detached and kept."""
+        found, value = self.get(key)
+        if found:
+            return value  # type: ignore[return-value]
+        fresh = load()
+        for item in fresh if isinstance(fresh, tuple) else (fresh,):
+            if item is not None:
+                session.expunge(item)  # read only, by any thread: no session owns it
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # a flood of client ids costs queries, not memory
+        self._entries[key] = (time.monotonic() + self.ttl, fresh)
+        return fresh
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
+#: This process's directory (tolem.runtime and the tests reach it here).
+directory = Directory()
+
+
+def known_credentials(
+    session: Session | None, client_id: str, client_secret: str, terminal_id: str
+) -> tuple[Merchant | None, Terminal | None]:
+    """The merchant of these credentials and its terminal, through the :class:`Directory`.
+
+    The terminal is None when the merchant has no terminal of that id (or none was
+    named); both are None when the credentials do not match.
+
+    With ``session`` None only the directory is asked: :class:`NotKept` when it does
+    not hold the client id (the caller then asks again with a session).
+    """
+    key = ("client", client_id, terminal_id)
+    pair: tuple[Merchant | None, Terminal | None]
+    if session is None:
+        found, value = directory.get(key)
+        if not found:
+            raise NotKept(client_id)
+        pair = value  # type: ignore[assignment]
+    else:
+        pair = directory.load(key, session, lambda: _by_client(session, client_id, terminal_id))
+    merchant, terminal = pair
+    if merchant is None:
         # Spend the same time as a real check so that client ids cannot be probed.
         hmac.compare_digest(digest_secret("00" * 16, client_secret), "0" * 64)
         return None, None
-    merchant, terminal = row
     if not secret_matches(merchant, client_secret):
         return None, None
     return merchant, terminal
+
+
+class NotKept(LookupError):
+    """The directory does not hold this entry: ask the database."""
+
+
+def _by_client(
+    session: Session, client_id: str, terminal_id: str
+) -> tuple[Merchant | None, Terminal | None]:
+    if not terminal_id:
+        return find_by_client_id(session, client_id), None
+    row = session.execute(
+        _WITH_TERMINAL, {"client_id": client_id, "terminal_id": terminal_id}
+    ).first()
+    return (None, None) if row is None else (row[0], row[1])
+
+
+def kept_terminal(session: Session, merchant_id: str, terminal_id: str) -> Terminal | None:
+    """:func:`terminal_of` through the :class:`Directory` (read only: not for changes)."""
+    return directory.load(
+        ("terminal", merchant_id, terminal_id),
+        session,
+        lambda: terminal_of(session, merchant_id, terminal_id),
+    )
 
 
 _TERMINAL_OF = select(Terminal).where(
@@ -313,6 +395,7 @@ def update_terminal(
     terminal.currencies = " ".join(settings.currencies)
     terminal.allowed_hosts = " ".join(settings.allowed_hosts)
     session.flush()
+    directory.forget()
     return terminal
 
 
@@ -327,4 +410,5 @@ def rotate_secret(session: Session, merchant_id: str, old_digest: str) -> str | 
         .where(Merchant.id == merchant_id, Merchant.secret_digest == old_digest)
         .values(secret_salt=salt, secret_digest=digest_secret(salt, secret))
     )
+    directory.forget()
     return secret if done.rowcount == 1 else None  # type: ignore[attr-defined]

@@ -44,13 +44,15 @@ def first_field(form: Mapping[str, str], name: str) -> str | None:
 
 
 def issue(
-    session: Session,
+    session: Session | None,
     sealer: TokenSealer,
     form: Mapping[str, str],
     *,
     ttl: int,
     enforce_hosts: bool = False,
 ) -> IssuedToken:
+    """A client_credentials token. With ``session`` None the merchant is looked up only
+    in the process's directory (merchants.NotKept if it is not there)."""
     grant = (first_field(form, "grant_type") or "").strip()
     if not grant:
         raise TokenError("invalid_request", "grant_type is required")
@@ -61,12 +63,8 @@ def issue(
     if not client_id or not client_secret:
         raise TokenError("invalid_request", "client_id and client_secret are required")
     terminal_id = (first_field(form, "terminal") or "").strip()
-    if terminal_id:  # the merchant and the terminal in one query
-        merchant, terminal = merchants.authenticate_with_terminal(
-            session, client_id, client_secret, terminal_id
-        )
-    else:
-        merchant, terminal = merchants.authenticate(session, client_id, client_secret), None
+    # The merchant and the terminal in one query, or none (merchants.Directory).
+    merchant, terminal = merchants.known_credentials(session, client_id, client_secret, terminal_id)
     if merchant is None:
         raise TokenError("invalid_client", "invalid client credentials", status=401)
 
