@@ -104,6 +104,11 @@ class PaymentOrder:
     def is_verification(self) -> bool:
         return self.payment_type.lower() == CARD_VERIFICATION.lower()
 
+    @property
+    def holds_card(self) -> bool:
+        """Whether the claim seals the card to save it (a verification exists for that)."""
+        return self.card_save or self.is_verification
+
 
 def _reject(message: str, body: PaymentOrder, *, code: int = API_ERROR) -> BadRequest:
     return BadRequest(message, code=code, **_invoice_fields(body.invoice_id, body.account_id))
@@ -152,7 +157,7 @@ def claim(
     enforce_hosts: bool = False,
 ) -> tuple[Transaction, Terminal]:
     """Insert the payment as NEW, taking its invoice; hold its card if it is to be saved."""
-    terminal = merchants.terminal_of(session, ctx.token.merchant_id, terminal_id)
+    terminal = merchants.kept_terminal(session, ctx.token.merchant_id, terminal_id)
     if terminal is None:
         raise _reject("terminal not found for this client", body, code=464)
     if not terminal.accepts(body.currency):
@@ -212,7 +217,7 @@ def claim(
             body,
         ) from None
     add_event(session, tx, "created")
-    if body.card_save or body.is_verification:  # a verification exists to save the card
+    if body.holds_card:
         cards.hold(session, vault, tx, card)
     return tx, terminal
 
@@ -299,12 +304,14 @@ def finish(
     *,
     capture: bool,
     secure: bool = False,
+    card_held: bool | None = None,
 ) -> Transaction:
     """Record the acquirer's answer and return the transaction as it now stands.
 
     Only a transaction still NEW is changed. If another actor (a recovery sweep, a
     3-D Secure confirmation) finished it first, its recorded outcome stands and is
-    returned unchanged.
+    returned unchanged. ``card_held`` says whether the claim held a card to save; a
+    caller that does not know (None) has the database asked.
     """
     now = utcnow()
     # "secure" means the cardholder passed 3-D Secure, not merely that it was tried.
@@ -348,7 +355,7 @@ def finish(
         return current
     for key, value in values.items():  # as stored: nothing left for the flush to write
         set_committed_value(tx, key, value)
-    card_id = cards.settle(session, tx, approved=result.approved)
+    card_id = cards.settle(session, tx, approved=result.approved) if card_held is not False else ""
     if card_id:
         session.execute(
             update(_TRANSACTIONS).where(_TRANSACTIONS.c.id == tx.id).values(card_id=card_id)
@@ -402,7 +409,13 @@ def pay(
             )
         return tx, result.challenge
     with rt.db.write() as session:
-        tx = finish(session, tx, result, capture=not terminal.two_step)
+        tx = finish(
+            session,
+            tx,
+            result,
+            capture=not terminal.two_step,
+            card_held=order.holds_card,
+        )
     if not succeeded(tx):
         raise declined(tx)
     return tx, None

@@ -150,15 +150,17 @@ def _pad_cvc(card: Card) -> str:
     return card.cvc.zfill(carddata.cvc_length(card.pan))
 
 
-def rrn(now: datetime | None = None) -> str:
+def rrn(now: datetime | None = None, serial: int | None = None) -> str:
     """A retrieval reference number shaped like ePay's: YDDDHH + six digits."""
     now = now or datetime.now(UTC)
-    return f"{now.year % 10}{now.timetuple().tm_yday:03d}{now.hour:02d}" + _digits(6)
+    if serial is None:
+        serial = secrets.randbelow(10**6)
+    return f"{now.year % 10}{now.timetuple().tm_yday:03d}{now.hour:02d}{serial % 10**6:06d}"
 
 
-# One draw from the system's random source per value, not one per character: each draw
-# is a system call that lets go of the GIL, and under load every one of them means
-# waiting for it again.
+# Few draws from the system's random source (one per settled call, see _settled), not
+# one per character: each draw is a system call that lets go of the GIL, and under load
+# every one of them means waiting for it again.
 
 
 def _digits(n: int) -> str:
@@ -168,8 +170,9 @@ def _digits(n: int) -> str:
 _BASE36 = string.digits + string.ascii_uppercase
 
 
-def _int_reference() -> str:
-    value = secrets.randbelow(36**16)
+def _int_reference(value: int | None = None) -> str:
+    if value is None:
+        value = secrets.randbelow(36**16)
     chars = []
     for _ in range(16):
         value, digit = divmod(value, 36)
@@ -198,6 +201,9 @@ def _settled(
 ) -> LedgerEntry:
     """A ledger row for a settled call; an approval gets its RRN and approval code."""
     approved = code == 0
+    # One draw for the three values: 20 bytes give the RRN's six digits, the approval
+    # code's six and intReference's sixteen base-36 characters, each close to uniform.
+    draw = int.from_bytes(secrets.token_bytes(20)) if approved else 0
     return LedgerEntry(
         reference=reference,
         kind=kind,
@@ -205,9 +211,9 @@ def _settled(
         amount=amount,
         approved=approved,
         reason_code=code,
-        rrn=rrn() if approved else "",
-        approval_code=_digits(6) if approved else "",
-        int_reference=_int_reference() if approved else "",
+        rrn=rrn(serial=draw % 10**6) if approved else "",
+        approval_code=f"{draw // 10**6 % 10**6:06d}" if approved else "",
+        int_reference=_int_reference(draw // 10**12 % 36**16) if approved else "",
         issuer=issuer,
     )
 
