@@ -64,6 +64,10 @@ class Runtime:
 
 
 def runtime(request: Request) -> Runtime:
-    """FastAPI dependency: the gateway this request runs in."""
+    """The gateway this request runs in: a FastAPI dependency, or called directly.
+
+    The busiest endpoints (token, cryptopay, check-status) call it directly: solving
+    it as a dependency cost about half a millisecond of CPU per request.
+    """
     value: Runtime = request.app.state.runtime
     return value

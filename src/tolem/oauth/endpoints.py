@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -17,6 +19,8 @@ from tolem.oauth.service import TokenError
 from tolem.runtime import Runtime, runtime
 
 router = APIRouter(tags=["oauth"])
+
+_MAX_FIELDS = 64
 
 _FORM_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -58,26 +62,42 @@ async def _form(request: Request) -> dict[str, str]:
                 raise TokenError("invalid_request", f"{key}: a string or a number is expected")
             fields[key] = "" if value is None else str(value)
         return fields
+    if content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded":
+        # What shops send: parsed at once, as Starlette's parser would (latin-1 bytes,
+        # then percent-decoded as UTF-8), at a tenth of its cost.
+        pairs = parse_qsl((await request.body()).decode("latin-1"), keep_blank_values=True)
+        if len(pairs) > _MAX_FIELDS:
+            raise TokenError(
+                "invalid_request",
+                f"unreadable form body: Too many fields. Maximum number of fields is "
+                f"{_MAX_FIELDS}.",
+            )
+        return _fields(pairs)
     try:
         # One file is let through so that it gets the clear refusal below rather than
         # "Too many files"; the body limit bounds what is spooled.
-        form = await request.form(max_files=1, max_fields=64)
+        form = await request.form(max_files=1, max_fields=_MAX_FIELDS)
     except wire.BodyTooLarge:
         raise  # the BodyLimit middleware answers 413
     except Exception as exc:  # malformed multipart and friends; the message says why
         detail = getattr(exc, "detail", None) or exc  # starlette wraps it in HTTPException
         raise TokenError("invalid_request", f"unreadable form body: {detail}") from exc
-    result: dict[str, str] = {}
     try:
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                raise TokenError("invalid_request", f"{key}: files are not accepted")
-            problem = wire.text_problem(key) or wire.text_problem(value)
-            if problem:
-                raise TokenError("invalid_request", f"form field {key!r}: {problem}")
-            result.setdefault(key, value)
+        return _fields(form.multi_items())
     finally:
         await form.close()
+
+
+def _fields(items: Iterable[tuple[str, str | UploadFile]]) -> dict[str, str]:
+    """The form's fields, the first of each name, each a clean text."""
+    result: dict[str, str] = {}
+    for key, value in items:
+        if isinstance(value, UploadFile):
+            raise TokenError("invalid_request", f"{key}: files are not accepted")
+        problem = wire.text_problem(key) or wire.text_problem(value)
+        if problem:
+            raise TokenError("invalid_request", f"form field {key!r}: {problem}")
+        result.setdefault(key, value)
     return result
 
 
@@ -94,7 +114,8 @@ async def _form(request: Request) -> dict[str, str]:
         }
     },
 )
-async def token(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+async def token(request: Request) -> Response:
+    rt = runtime(request)  # not a dependency: see tolem.runtime.runtime
     form = await _form(request)
     grant = (service.first_field(form, "grant_type") or "").strip()
     if grant in grants.GRANTS:

@@ -24,9 +24,8 @@ router = APIRouter(tags=["status"])
     "/check-status/payment/transaction/{invoice_id}",
     summary="The status of a payment by its invoice",
 )
-async def check_status(
-    invoice_id: str, request: Request, rt: Annotated[Runtime, Depends(runtime)]
-) -> Response:
+async def check_status(invoice_id: str, request: Request) -> Response:
+    rt = runtime(request)  # not a dependency: see tolem.runtime.runtime
     token = oauth.bearer(rt.sealer, request.headers.get("authorization"))
 
     def lookup() -> service.Lookup:

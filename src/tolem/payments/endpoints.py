@@ -46,7 +46,8 @@ def public_key(rt: Annotated[Runtime, Depends(runtime)]) -> Response:
         }
     },
 )
-async def cryptopay(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
+async def cryptopay(request: Request) -> Response:
+    rt = runtime(request)  # not a dependency: see tolem.runtime.runtime
     raw = await request.body()
     # The token first: a caller without one learns that, not how its body parses.
     try:
