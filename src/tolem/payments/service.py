@@ -234,8 +234,19 @@ def _event(tx: Transaction, kind: str, detail: str = "") -> TransactionEvent:
 
 
 def add_event(session: Session, tx: Transaction, kind: str, detail: str = "") -> None:
-    """Write a history line now (a Core insert: nothing is left for the flush)."""
-    session.execute(_INSERT_EVENT, insert_row(_event(tx, kind, detail)))
+    """Write a history line now (a Core insert of the row: no object, nothing to flush)."""
+    session.execute(
+        _INSERT_EVENT,
+        {
+            "transaction_id": tx.id,
+            "at": utcnow(),
+            "kind": kind,
+            "status": tx.status,
+            "amount": tx.amount,
+            "reason_code": tx.reason_code,
+            "detail": detail,
+        },
+    )
 
 
 def captures(tx: Transaction, terminal: Terminal) -> bool:
