@@ -12,15 +12,27 @@ after ``COMMIT`` or ``ROLLBACK``; a thread waiting on it wakes as soon as the wr
 before it is done. Writers in other processes (more workers, the CLI) still meet on the
 busy timeout. Nothing holds a write transaction across a network call, so the lock is
 held only for local database work.
+
+Writers in other processes (more workers, the CLI) queue on a second lock: an advisory
+``flock`` on ``<database file>-writer.lock``, taken by the thread that holds the
+process's lock. Waiting on it polls every 0.2 to 2 ms, where SQLite's busy handler
+sleeps up to 100 ms between tries; the kernel lets go of it when a process dies.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: writers in other processes meet on the busy timeout
+    fcntl = None  # type: ignore[assignment]
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection
@@ -83,7 +95,7 @@ class Database:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # Re-entrant: a write opened inside another in the same thread behaves as it
         # did without the lock (it waits on SQLite's busy timeout, then fails).
-        self._writer = _WriterLock() if self.is_sqlite else None
+        self._writer = _WriterLock(_lock_file(self.engine)) if self.is_sqlite else None
 
     @property
     def is_sqlite(self) -> bool:
@@ -113,20 +125,72 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _lock_file(engine: Engine) -> str | None:
+    """Where the processes sharing this SQLite file queue their writers; None for a
+    database in memory (no other process can open it)."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return f"{os.path.abspath(database)}-writer.lock"
+
+
+def _locked() -> OperationalError:
+    return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
 
 
 class _WriterLock:
-    """The process's SQLite writer slot: one write transaction at a time, in arrival order
-    as far as the operating system's lock allows, failing like SQLite after the timeout."""
+    """The SQLite writer slot: one write transaction at a time in the process (a thread
+    lock), and across processes (an advisory lock on ``path``), failing like SQLite
+    after ``timeout`` seconds."""
 
-    def __init__(self) -> None:
+    def __init__(self, path: str | None, timeout: float = BUSY_TIMEOUT) -> None:
         self._lock = threading.RLock()
+        self._path = path
+        self.timeout = timeout
+        self._fd: int | None = None
+        self._depth = 0  # writes open in the thread that holds the lock
 
     def __enter__(self) -> None:
-        if not self._lock.acquire(timeout=BUSY_TIMEOUT):
-            raise OperationalError(
-                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
-            )
+        deadline = time.monotonic() + self.timeout
+        if not self._lock.acquire(timeout=self.timeout):
+            raise _locked()
+        self._depth += 1
+        if self._depth == 1 and self._path is not None and fcntl is not None:
+            try:
+                self._take_file(deadline)
+            except BaseException:
+                self._depth -= 1
+                self._lock.release()
+                raise
+
+    def _take_file(self, deadline: float) -> None:
+        assert fcntl is not None and self._path is not None
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        pause = 0.0002
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _locked() from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.002)
+
+    def close(self) -> None:
+        """Close the lock file (a write still open keeps it until it ends)."""
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None and fcntl is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._lock.release()
