@@ -83,9 +83,10 @@ async def _refuse(send: Send, path: str, status: int, message: str) -> None:
 def api_router() -> APIRouter:
     """Every API route; mounted at / and again under /api (the test host's prefix)."""
     router = APIRouter()
+    # Routes are matched in order: the busiest first.
     router.include_router(payments_router)
-    router.include_router(secure3d_api)
     router.include_router(status_router)
+    router.include_router(secure3d_api)
     router.include_router(notifications_router)
     router.include_router(cards_router)
     router.include_router(cabinet_api_router)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from tolem.oauth.tokens import AccessToken
@@ -30,14 +30,24 @@ class Lookup:
     transaction: Transaction | None = None
 
 
+# Built once: every status check runs it, and building a statement costs more than
+# running it.
+_BY_INVOICE = (
+    select(Transaction)
+    .where(
+        Transaction.merchant_id == bindparam("merchant_id"),
+        Transaction.invoice_id == bindparam("invoice_id"),
+    )
+    .order_by(Transaction.created_at.desc())
+)
+
+
 def by_invoice(session: Session, token: AccessToken, invoice_id: str) -> Lookup:
     """The newest payment of this invoice on the token's terminal, scoped to its merchant."""
     if not token.terminal_id:
         return Lookup(NO_TERMINAL)
     found = session.scalars(
-        select(Transaction)
-        .where(Transaction.merchant_id == token.merchant_id, Transaction.invoice_id == invoice_id)
-        .order_by(Transaction.created_at.desc())
+        _BY_INVOICE, {"merchant_id": token.merchant_id, "invoice_id": invoice_id}
     ).all()
     if not found:
         return Lookup(NOT_FOUND)
