@@ -70,6 +70,9 @@ def _pay(
         raise BadRequest(
             f"the saved card cannot be used: {exc}", code=100, **invoice_of(data)
         ) from exc
+    if saved.key_id != rt.vault.key_id:  # sealed under an earlier card key: move it on
+        with rt.db.write() as session:
+            service.rewrap(session, rt.vault, saved)
     order = body.order()
     ctx = payments.PaymentContext(token=token, ip=ip)
     # The card's terminal stands in for a cryptogram's.
