@@ -23,6 +23,7 @@ from tolem.cabinet.web import router as cabinet_router
 from tolem.cards.endpoints import router as cards_router
 from tolem.config import Settings
 from tolem.errors import install_handlers
+from tolem.hsts import StrictTransport
 from tolem.idempotency import Idempotency
 from tolem.notifications.endpoints import router as notifications_router
 from tolem.oauth.endpoints import router as oauth_router
@@ -172,6 +173,8 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         max_age=600,
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    if not settings.is_sandbox:
+        app.add_middleware(StrictTransport)  # pages: https only, behind the TLS proxy
     return app
 
 

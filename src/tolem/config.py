@@ -5,6 +5,7 @@ The table in README.md is the user-facing list; keep the two in step (a test doe
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -115,6 +116,24 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     access_log: bool = Field(True, description="Log one line per HTTP request.")
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Addresses of the TLS proxy in front (comma-separated IPs or networks, "
+        "e.g. `127.0.0.1`): only requests from them have their `X-Forwarded-For` and "
+        "`X-Forwarded-Proto` believed. Empty: those headers are ignored.",
+    )
+    rsa_previous_key_files: str = Field(
+        "",
+        description="PEM files of earlier cryptogram RSA private keys, comma-separated: "
+        "cryptograms made with them still decrypt while shops move to the new "
+        "`/public.rsa` (remove them when the grace period ends).",
+    )
+    card_previous_keys: str = Field(
+        "",
+        description="Earlier values of `TOLEM_CARD_KEY`, comma-separated: saved cards "
+        "wrapped under them still open and are re-wrapped under the current key when "
+        "used or by `tolem keys rewrap`.",
+    )
 
     @field_validator("rsa_key_bits")
     @classmethod
@@ -143,6 +162,21 @@ class Settings(BaseSettings):
             raise ValueError("each step must be 0 to 604800 seconds")
         return ",".join(f"{step:g}" for step in steps)
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _proxies(cls, value: str) -> str:
+        proxies = [part.strip() for part in value.split(",") if part.strip()]
+        for proxy in proxies:
+            if proxy == "*":
+                continue
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{proxy!r} is not an IP address or network (or *), e.g. 127.0.0.1"
+                ) from None
+        return ",".join(proxies)
+
     @field_validator("log_level")
     @classmethod
     def _lower(cls, value: str) -> str:
@@ -163,3 +197,13 @@ class Settings(BaseSettings):
     @property
     def is_sandbox(self) -> bool:
         return self.mode is Mode.SANDBOX
+
+    @property
+    def rsa_previous_paths(self) -> list[Path]:
+        return [
+            Path(part.strip()) for part in self.rsa_previous_key_files.split(",") if part.strip()
+        ]
+
+    @property
+    def card_previous_values(self) -> list[str]:
+        return [part.strip() for part in self.card_previous_keys.split(",") if part.strip()]

@@ -29,6 +29,10 @@ class Runtime:
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
+        if not settings.is_sandbox:
+            from tolem.production import check_settings
+
+            check_settings(settings)
         keys = load_keyring(settings)
         db = Database(
             settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
@@ -43,7 +47,7 @@ class Runtime:
             db=db,
             keys=keys,
             sealer=TokenSealer(keys.token_key),
-            vault=CardVault(keys.card_key),
+            vault=CardVault(keys.card_key, retired=keys.card_previous),
             simulator=Simulator(
                 db,
                 root_key=keys.token_key,

@@ -3,13 +3,18 @@
 POST /payments/cards/auth          pay with a saved card (paymentType "cardId")
 GET  /cards/{accountId}            the customer's saved cards (PascalCase, as ePay)
 POST /card/deactivate/{cardID}     stop using a card
+
+A saved card sealed under an earlier card key (``TOLEM_CARD_PREVIOUS_KEYS``) is
+re-wrapped under the current one when it pays.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
@@ -27,6 +32,7 @@ from tolem.payments.schemas import parse_saved_card
 from tolem.processor.base import Challenge
 from tolem.runtime import Runtime, runtime
 
+log = logging.getLogger("tolem.cards")
 router = APIRouter(tags=["saved cards"])
 
 #: ePay's answer when a customer has no saved card.
@@ -70,6 +76,12 @@ def _pay(
         raise BadRequest(
             f"the saved card cannot be used: {exc}", code=100, **invoice_of(data)
         ) from exc
+    if saved.key_id != rt.vault.key_id:  # sealed under an earlier card key: move it on
+        try:
+            with rt.db.write() as session:
+                service.rewrap(session, rt.vault, saved)
+        except SQLAlchemyError:  # the payment goes on; `tolem keys rewrap` catches up
+            log.warning("saved card %s not re-wrapped under the current key", saved.id)
     order = body.order()
     ctx = payments.PaymentContext(token=token, ip=ip)
     # The card's terminal stands in for a cryptogram's.

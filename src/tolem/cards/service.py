@@ -9,11 +9,11 @@ sealed card is deleted.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tolem.cards.models import CardState, SavedCard
-from tolem.cards.vault import CardVault
+from tolem.cards.vault import CardVault, SealedCard
 from tolem.db.base import new_id, utcnow
 from tolem.payments.models import Transaction
 from tolem.processor.base import Card
@@ -103,3 +103,26 @@ def deactivate(session: Session, merchant_id: str, card_id: str) -> bool:
     card.sealed = ""  # nothing of a deactivated card's number is kept
     card.updated_at = utcnow()
     return True
+
+
+def rewrap(session: Session, vault: CardVault, card: SavedCard) -> bool:
+    """Re-wrap a card sealed under an earlier card key with the current one.
+
+    True if this call re-wrapped it. The row changes only if it is still as it was read:
+    a card deactivated (or re-wrapped) meanwhile is left alone. A row that does not open
+    raises :class:`tolem.cards.vault.VaultError`.
+    """
+    if not card.sealed or card.key_id == vault.key_id:
+        return False
+    fresh = vault.rewrap(SealedCard(card.key_id, card.sealed), bound_to=card.id)
+    done = session.execute(
+        update(SavedCard)
+        .where(
+            SavedCard.id == card.id,
+            SavedCard.key_id == card.key_id,
+            SavedCard.sealed == card.sealed,
+        )
+        .values(key_id=fresh.key_id, sealed=fresh.blob)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(done.rowcount)  # type: ignore[attr-defined]

@@ -35,10 +35,18 @@ DatabaseUrl = Annotated[
 
 
 def _settings(database_url: str | None = None, **overrides: object) -> Settings:
+    from pydantic import ValidationError
+
     values = {k: v for k, v in overrides.items() if v is not None}
     if database_url:
         values["database_url"] = database_url
-    return Settings(**values)  # type: ignore[arg-type]
+    try:
+        return Settings(**values)  # type: ignore[arg-type]
+    except ValidationError as exc:  # a wrong setting: say which, without a traceback
+        for error in exc.errors():
+            name = "TOLEM_" + "_".join(str(part) for part in error["loc"]).upper()
+            console.print(f"[red]tolem cannot start:[/red] {name}: {error['msg']}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 def _data_dir(settings: Settings) -> None:
@@ -84,6 +92,7 @@ def serve(
     from tolem.keys import KeyConfigError, load_keyring
     from tolem.logs import configure_logging
     from tolem.processor import AcquirerConfigError, load_acquirer
+    from tolem.production import ProductionError, check_settings
 
     settings = _settings(database_url, host=host, port=port, workers=workers, mode=mode)
     configure_logging(settings)
@@ -91,11 +100,13 @@ def serve(
     db = _database(settings)
     try:
         # Fail here, once and clearly, not in every worker.
+        if not settings.is_sandbox:
+            check_settings(settings)
         load_keyring(settings)  # sandbox: generates the keys before workers start
         load_acquirer(settings, db)
         prepare_database(db, sandbox=settings.is_sandbox)
-    except (KeyConfigError, AcquirerConfigError) as exc:
-        console.print(f"[red]tolem cannot start:[/red] {exc}")
+    except (KeyConfigError, AcquirerConfigError, ProductionError) as exc:
+        console.print(f"[red]tolem cannot start:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     finally:
         db.dispose()
@@ -109,7 +120,9 @@ def serve(
         workers=settings.workers,
         log_config=None,
         access_log=settings.access_log,
-        proxy_headers=False,
+        # X-Forwarded-For/-Proto only from the TLS proxy's addresses, and only if named.
+        proxy_headers=bool(settings.forwarded_allow_ips),
+        forwarded_allow_ips=settings.forwarded_allow_ips or None,
         timeout_graceful_shutdown=10,
     )
 
@@ -279,6 +292,7 @@ def main() -> None:
 
 
 # The commands of other modules register themselves on ``app`` when imported.
+from tolem.cli import keys as _keys  # noqa: E402, F401
 from tolem.cli import notifications as _notifications  # noqa: E402, F401
 from tolem.cli import payments as _payments  # noqa: E402, F401
 from tolem.cli import users as _users  # noqa: E402, F401

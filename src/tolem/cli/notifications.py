@@ -30,6 +30,7 @@ def worker(
     from tolem.logs import configure_logging
     from tolem.notifications.delivery import DeliveryWorker
     from tolem.processor import AcquirerConfigError
+    from tolem.production import ProductionError
     from tolem.runtime import Runtime
 
     settings = _settings(database_url, mode=mode)
@@ -37,11 +38,15 @@ def worker(
     _data_dir(settings)
     try:
         rt = Runtime.start(settings)
-    except (KeyConfigError, AcquirerConfigError) as exc:
-        console.print(f"[red]tolem cannot start:[/red] {exc}")
+    except (KeyConfigError, AcquirerConfigError, ProductionError) as exc:
+        console.print(f"[red]tolem cannot start:[/red] {exc}", soft_wrap=True)
         raise typer.Exit(2) from None
     try:
-        prepare_database(rt.db, sandbox=settings.is_sandbox)
+        try:
+            prepare_database(rt.db, sandbox=settings.is_sandbox)
+        except ProductionError as exc:
+            console.print(f"[red]tolem cannot start:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(2) from None
 
         async def main() -> None:
             stop = asyncio.Event()

@@ -47,15 +47,23 @@ def upgrade(db: Database, revision: str = "head") -> None:
 
 
 def prepare_database(db: Database, *, sandbox: bool) -> None:
-    """Bring the schema to head and, in sandbox mode, seed the test merchant."""
+    """Bring the schema to head and, in sandbox mode, seed the test merchant.
+
+    Production mode seeds nothing, and refuses a database that holds the sandbox's
+    published credentials (:class:`tolem.production.ProductionError`).
+    """
     from tolem.cabinet.users import SANDBOX_EMAIL, seed_sandbox_user
     from tolem.merchants.service import seed_sandbox
+    from tolem.production import check_database
 
     upgrade(db)
-    if sandbox:
-        with db.write() as session:
-            serialise(session.connection())
-            if seed_sandbox(session):
-                log.info("seeded ePay's public test merchant (ClientID 'test')")
-            if seed_sandbox_user(session):
-                log.info("seeded ePay's sandbox cabinet login (%s)", SANDBOX_EMAIL)
+    if not sandbox:
+        with db.read() as session:
+            check_database(session)
+        return
+    with db.write() as session:
+        serialise(session.connection())
+        if seed_sandbox(session):
+            log.info("seeded ePay's public test merchant (ClientID 'test')")
+        if seed_sandbox_user(session):
+            log.info("seeded ePay's sandbox cabinet login (%s)", SANDBOX_EMAIL)

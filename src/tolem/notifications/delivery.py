@@ -253,5 +253,5 @@ class DeliveryWorker:
             sealed = merchant.signing_secret if merchant else ""
         if not sealed:
             return {}
-        secret = signing.unseal(self.rt.keys.card_key, claimed.merchant_id, sealed)
+        secret = signing.unseal(self.rt.keys.card_keys, claimed.merchant_id, sealed)
         return signing.headers(secret, claimed.id, claimed.body)

@@ -4,7 +4,9 @@ A merchant with a signing secret gets ``webhook-id`` (the notification's id, the
 on every retry), ``webhook-timestamp`` and ``webhook-signature`` on each postLink, so it
 can check that the body came from its gateway and is fresh. The secret is kept sealed
 (AES-256-GCM under a key derived from the card key), since the gateway must be able to
-use it, not merely to check it.
+use it, not merely to check it. After the card key is rotated, secrets sealed under an
+earlier card key still open (:func:`unseal` takes them all) until ``tolem keys rewrap``
+seals them again under the current one (:func:`reseal`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography.exceptions import InvalidTag
@@ -42,13 +45,30 @@ def seal(card_key: bytes, merchant_id: str, secret: str) -> str:
     return base64.b64encode(nonce + sealed).decode("ascii")
 
 
-def unseal(card_key: bytes, merchant_id: str, sealed: str) -> str:
+def unseal(card_key: bytes | Sequence[bytes], merchant_id: str, sealed: str) -> str:
+    """The secret; ``card_key`` may be the card keys of a rotation, the current one first."""
+    keys = (card_key,) if isinstance(card_key, bytes) else card_key
     try:
         raw = base64.b64decode(sealed, validate=True)
-        plain = _aead(card_key).decrypt(raw[:12], raw[12:], merchant_id.encode())
-    except (InvalidTag, ValueError) as exc:
-        raise SigningSecretError("the signing secret does not open with this card key") from exc
-    return plain.decode("ascii")
+    except ValueError as exc:
+        raise SigningSecretError("the signing secret is not base64") from exc
+    for key in keys:
+        try:
+            plain = _aead(key).decrypt(raw[:12], raw[12:], merchant_id.encode())
+        except (InvalidTag, ValueError):
+            continue
+        return plain.decode("ascii")
+    raise SigningSecretError("the signing secret does not open with the card keys")
+
+
+def reseal(card_keys: Sequence[bytes], merchant_id: str, sealed: str) -> str | None:
+    """The secret sealed under ``card_keys[0]``; None if it already is."""
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+        _aead(card_keys[0]).decrypt(raw[:12], raw[12:], merchant_id.encode())
+    except (InvalidTag, ValueError):
+        return seal(card_keys[0], merchant_id, unseal(card_keys, merchant_id, sealed))
+    return None
 
 
 def headers(

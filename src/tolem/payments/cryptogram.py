@@ -12,6 +12,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -36,24 +37,38 @@ _UNREADABLE = (
 )
 
 
-def decrypt(private_key: rsa.RSAPrivateKey, text: str) -> tuple[Card, str]:
-    """The card and the terminalId a cryptogram holds."""
+def decrypt(
+    private_key: rsa.RSAPrivateKey | Sequence[rsa.RSAPrivateKey], text: str
+) -> tuple[Card, str]:
+    """The card and the terminalId a cryptogram holds.
+
+    ``private_key`` may be several keys during a rotation: the current one first, then
+    earlier ones; the first that opens the cryptogram to a JSON object wins.
+    """
+    keys = (private_key,) if isinstance(private_key, rsa.RSAPrivateKey) else private_key
     try:
         raw = base64.b64decode(_WHITESPACE.sub("", text), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise CryptogramError("cryptogram is not standard base64") from exc
     # One message for every way decryption can fail (wrong length, bad padding, noise
-    # that is not JSON): distinct answers would make a padding oracle on an OpenSSL
-    # without implicit rejection.
-    if len(raw) != private_key.key_size // 8:
-        raise CryptogramError(_UNREADABLE)
-    try:
-        data = json.loads(private_key.decrypt(raw, padding.PKCS1v15()))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CryptogramError(_UNREADABLE) from exc
-    if not isinstance(data, dict):
+    # that is not JSON), whichever key failed: distinct answers would make a padding
+    # oracle on an OpenSSL without implicit rejection.
+    not_an_object = False
+    for key in keys:
+        if len(raw) != key.key_size // 8:
+            continue
+        try:
+            data = json.loads(key.decrypt(raw, padding.PKCS1v15()))
+        except (ValueError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict):
+            return _card(data), _string(data, "terminalId")
+        # Implicit rejection turns a wrong key's answer into random bytes, which may
+        # happen to be JSON such as a lone digit: the next key may still open it.
+        not_an_object = True
+    if not_an_object:
         raise CryptogramError("cryptogram must hold a JSON object")
-    return _card(data), _string(data, "terminalId")
+    raise CryptogramError(_UNREADABLE)
 
 
 def _string(data: dict[str, Any], name: str) -> str:
