@@ -30,7 +30,6 @@ from sqlalchemy import select
 
 from tolem import __version__
 from tolem.db.base import utcnow
-from tolem.merchants.models import Merchant
 from tolem.notifications import service, signing
 from tolem.notifications.models import Notification, NotificationState
 from tolem.runtime import Runtime
@@ -97,6 +96,45 @@ def _ascii_host(host: str) -> str:
         return idna.encode(host, uts46=True).decode("ascii")
 
 
+_Batch = Sequence[tuple[service.Claimed, service.AttemptResult]]
+
+
+class _Recorder:
+    """Attempts' results recorded a batch at a time: whatever finished while the last
+    batch was being written goes in the next write transaction (one commit for many)."""
+
+    def __init__(self, write: Callable[[_Batch], list[str | Exception]]) -> None:
+        self._write = write
+        self._pending: list[tuple[service.Claimed, service.AttemptResult, asyncio.Future[str]]] = []
+        self._wake = asyncio.Event()
+
+    async def record(self, claimed: service.Claimed, result: service.AttemptResult) -> str:
+        """The notification's new state, once the batch holding this result commits."""
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.append((claimed, result, done))
+        self._wake.set()
+        return await done
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if not batch:
+                continue
+            try:
+                states = await asyncio.to_thread(self._write, [(c, r) for c, r, _ in batch])
+            except Exception as exc:
+                states = [exc] * len(batch)
+            for (_, _, done), state in zip(batch, states, strict=True):
+                if done.done():  # its task was cancelled meanwhile
+                    continue
+                if isinstance(state, Exception):
+                    done.set_exception(state)
+                else:
+                    done.set_result(state)
+
+
 class DeliveryWorker:
     def __init__(self, rt: Runtime, *, name: str = "worker") -> None:
         settings = rt.settings
@@ -110,9 +148,11 @@ class DeliveryWorker:
         self.concurrency = settings.postlink_concurrency
         self.check_destinations = not settings.is_sandbox
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recorder = _Recorder(self._record)
 
     async def run(self, stop: asyncio.Event) -> None:
         limits = httpx.Limits(max_connections=self.concurrency * 2)
+        recorder = asyncio.create_task(self._recorder.run())
         async with httpx.AsyncClient(
             follow_redirects=False, timeout=self.timeout, trust_env=False, limits=limits
         ) as client:
@@ -128,6 +168,9 @@ class DeliveryWorker:
                     task.cancel()  # its claim expires; the postLink will be sent again
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.gather(*self._tasks, return_exceptions=True)
+                recorder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await recorder
 
     async def _step(self, client: httpx.AsyncClient, stop: asyncio.Event) -> None:
         free = self.concurrency - len(self._tasks)
@@ -169,7 +212,7 @@ class DeliveryWorker:
     async def _deliver(self, client: httpx.AsyncClient, claimed: service.Claimed) -> None:
         result = await self.attempt(client, claimed)
         try:
-            state = await asyncio.to_thread(self._record, claimed, result)
+            state = await self._recorder.record(claimed, result)
         except Exception:
             log.exception("recording postLink %s failed; its claim will expire", claimed.id)
             return
@@ -182,9 +225,22 @@ class DeliveryWorker:
             state,
         )
 
-    def _record(self, claimed: service.Claimed, result: service.AttemptResult) -> str:
+    def _record(
+        self, batch: Sequence[tuple[service.Claimed, service.AttemptResult]]
+    ) -> list[str | Exception]:
+        """Record finished attempts in one write transaction, each in a savepoint of its
+        own: one that fails is answered with its error and the others still count."""
+        states: list[str | Exception] = []
         with self.rt.db.write() as session:
-            return service.record(session, claimed, result, schedule=self.schedule)
+            for claimed, result in batch:
+                try:
+                    with session.begin_nested():
+                        states.append(
+                            service.record(session, claimed, result, schedule=self.schedule)
+                        )
+                except Exception as exc:
+                    states.append(exc)
+        return states
 
     async def attempt(
         self, client: httpx.AsyncClient, claimed: service.Claimed
@@ -222,7 +278,11 @@ class DeliveryWorker:
             "Content-Type": "application/json",
             "User-Agent": f"tolem-postlink/{__version__}",
         }
-        headers |= await asyncio.to_thread(self._signature, claimed)
+        if claimed.sealed_secret:
+            secret = signing.unseal(
+                self.rt.keys.card_keys, claimed.merchant_id, claimed.sealed_secret
+            )
+            headers |= signing.headers(secret, claimed.id, claimed.body)
         url = claimed.url
         extensions: dict[str, str] = {}
         parts = urlsplit(url)
@@ -246,12 +306,3 @@ class DeliveryWorker:
             status = response.status_code
         error = "" if 200 <= status < 300 else f"HTTP {status}"
         return service.AttemptResult(status, elapsed(), error)
-
-    def _signature(self, claimed: service.Claimed) -> dict[str, str]:
-        with self.rt.db.read() as session:
-            merchant = session.get(Merchant, claimed.merchant_id)
-            sealed = merchant.signing_secret if merchant else ""
-        if not sealed:
-            return {}
-        secret = signing.unseal(self.rt.keys.card_keys, claimed.merchant_id, sealed)
-        return signing.headers(secret, claimed.id, claimed.body)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tolem import wire
 from tolem.db.base import insert_row, utcnow
+from tolem.merchants.models import Merchant
 from tolem.notifications.body import postlink_body
 from tolem.notifications.models import (
     AttemptOutcome,
@@ -71,6 +72,9 @@ class Claimed:
     body: str
     attempt_id: int
     number: int
+    #: The merchant's postLink signing secret, sealed (``""``: postLinks go unsigned),
+    #: read with the claim so that sending needs no query of its own.
+    sealed_secret: str = ""
 
 
 def claim(
@@ -104,7 +108,7 @@ def claim(
         )
         .values(outcome=AttemptOutcome.INTERRUPTED.value, error="the worker stopped during it")
     )
-    claimed = []
+    taken: list[tuple[Notification, DeliveryAttempt]] = []
     for notification in rows:
         if max_steps and notification.step >= max_steps:
             # Its attempts ran out without a result ever recorded (a worker died on it
@@ -119,18 +123,29 @@ def claim(
             notification_id=notification.id, number=notification.attempts, started_at=now
         )
         session.add(attempt)
-        session.flush()
-        claimed.append(
-            Claimed(
-                id=notification.id,
-                merchant_id=notification.merchant_id,
-                url=notification.url,
-                body=notification.body,
-                attempt_id=attempt.id,
-                number=notification.attempts,
-            )
+        taken.append((notification, attempt))
+    if not taken:
+        return []
+    session.flush()  # one flush for the batch: the attempts' ids
+    merchant_ids = {n.merchant_id for n, _ in taken}
+    sealed = {
+        merchant_id: secret
+        for merchant_id, secret in session.execute(
+            select(Merchant.id, Merchant.signing_secret).where(Merchant.id.in_(merchant_ids))
         )
-    return claimed
+    }
+    return [
+        Claimed(
+            id=notification.id,
+            merchant_id=notification.merchant_id,
+            url=notification.url,
+            body=notification.body,
+            attempt_id=attempt.id,
+            number=notification.attempts,
+            sealed_secret=sealed.get(notification.merchant_id, ""),
+        )
+        for notification, attempt in taken
+    ]
 
 
 @dataclass(frozen=True)
