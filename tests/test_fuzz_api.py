@@ -151,4 +151,6 @@ def test_every_operation_answers_as_its_schema_says(tmp_path: Path) -> None:
         # The tokens worked: most answers got past authentication.
         assert statuses[401] < total // 4, statuses
         assert statuses[200] > 0, statuses
+        # The documented example of POST /operations is sent (Hypothesis' explicit phase).
+        assert requests_made["POST /operations (positive)"].statuses[200] > 0
         assert "unhandled error" not in gw.log_text()

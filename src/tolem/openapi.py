@@ -212,6 +212,17 @@ OPERATIONS_BODY = {
         },
     },
 }
+OPERATIONS_EXAMPLE = {
+    "paging": {"page": 1, "size": 20},
+    "searchParameters": [
+        {
+            "name": "created_date",
+            "method": "between",
+            "searchParameter": ["2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z"],
+        }
+    ],
+    "orderParameters": [{"field": "created_date", "typeOrder": "DESC"}],
+}
 OPERATIONS_ANSWER = _obj(
     {
         "totalCount": _INT,
@@ -340,7 +351,9 @@ def document(spec: dict[str, Any]) -> dict[str, Any]:
             if path == "/payments/cards/auth":
                 operation["requestBody"] = {"required": True, "content": _json(_saved_card())}
             if path == "/operations":
-                operation["requestBody"] = {"required": True, "content": _json(OPERATIONS_BODY)}
+                content = _json(OPERATIONS_BODY)
+                content["application/json"]["example"] = OPERATIONS_EXAMPLE
+                operation["requestBody"] = {"required": True, "content": content}
     schemas = spec.get("components", {}).get("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
