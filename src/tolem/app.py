@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tolem import __version__, wire
+from tolem import __version__, openapi, wire
 from tolem.apidocs import install_docs
 from tolem.cabinet.api import router as cabinet_api_router
 from tolem.cabinet.dashboard import router as cabinet_dashboard_router
@@ -153,6 +153,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     )
     install_handlers(app)
     install_docs(app)
+    openapi.install(app)
     app.include_router(oauth_router)
     app.include_router(oauth_router, prefix="/epay2", include_in_schema=False)
     app.include_router(api_router())

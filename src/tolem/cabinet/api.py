@@ -40,7 +40,7 @@ from tolem.oauth.tokens import AccessToken
 from tolem.payments.models import Operation, Status, Transaction
 from tolem.runtime import Runtime, runtime
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(tags=["cabinet"])
 
 MAX_SIZE = 1000
 DEFAULT_SIZE = 20
@@ -459,7 +459,7 @@ def user_token(rt: Runtime, request: Request) -> AccessToken:
     return token
 
 
-@router.post("/operations")
+@router.post("/operations", summary="Search the merchant's payments (a cabinet user's token)")
 async def operations(request: Request, rt: Annotated[Runtime, Depends(runtime)]) -> Response:
     token = user_token(rt, request)
     try:
