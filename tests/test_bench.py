@@ -153,3 +153,26 @@ def test_the_refund_check_finds_an_over_refund(tmp_path: Path) -> None:
     # more refunds answered as approved than the database holds
     missing = bench._check_refunds(url, [row | {"ok": 9}])
     assert any("5 refunds done in the database, 9 answered" in p for p in missing["problems"])
+
+
+def test_the_in_process_harness_measures_every_kind_and_the_delivery_worker() -> None:
+    """bench/inprocess.py: every request answered 200 (it asserts so) and a figure each."""
+    script = str(ROOT / "bench" / "inprocess.py")
+    run = subprocess.run(
+        [sys.executable, script, "--requests", "20", "--warmup", "5", "--inline"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = run.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["token", "pay", "status"], run.stdout
+    assert all(float(line.split()[1]) > 0 for line in lines)
+    run = subprocess.run(
+        [sys.executable, script, "--postlinks", "30"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    assert run.stdout.startswith("postLinks: "), run.stdout
