@@ -24,6 +24,7 @@ from tolem.cards.endpoints import router as cards_router
 from tolem.config import Settings
 from tolem.errors import install_handlers
 from tolem.idempotency import Idempotency
+from tolem.monitoring import install as install_monitoring
 from tolem.notifications.endpoints import router as notifications_router
 from tolem.oauth.endpoints import router as oauth_router
 from tolem.operations.endpoints import router as status_router
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         max_age=600,
     )
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    install_monitoring(app, settings)  # last: its middleware is the outermost
     return app
 
 

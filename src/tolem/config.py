@@ -115,6 +115,16 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     access_log: bool = Field(True, description="Log one line per HTTP request.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text` (one line per record) or `json` (one JSON object per line, "
+        "with the request id and, for access lines, method, path, status and duration).",
+    )
+    metrics_token: str = Field(
+        "",
+        description="Bearer token that /metrics requires; empty leaves /metrics open in "
+        "sandbox mode and closed (403) in production mode.",
+    )
 
     @field_validator("rsa_key_bits")
     @classmethod
