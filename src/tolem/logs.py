@@ -85,16 +85,23 @@ def _mask_run(match: re.Match[str]) -> str:
     return out
 
 
+# Where a card number could be: a stretch of digits and separator characters. Cheap to
+# look for, and most lines have none, so the precise pattern above seldom runs.
+_CANDIDATE = re.compile(r"[0-9][0-9 +%dD-]{11,}")
+
+
 def redact(text: str) -> str:
-    text = _URL_TOKEN.sub(r"\1***", text)
+    if "=" in text:
+        text = _URL_TOKEN.sub(r"\1***", text)
+    if _CANDIDATE.search(text) is None:
+        return text
     return _DIGIT_RUN.sub(_mask_run, text)
 
 
 class RedactCards(logging.Filter):
     """Mask card numbers in the message, the traceback and the stack of a record.
 
-    Kept for handlers other than tolem's own (the formatters below redact the whole
-    line); it also fills in the record's ``request_id``.
+    It also fills in the record's ``request_id``.
     """
 
     _formatter = logging.Formatter()
@@ -102,10 +109,8 @@ class RedactCards(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id.get()
-        message = record.getMessage()
-        clean = redact(message)
-        if clean != message:
-            record.msg, record.args = clean, None
+        # The formatted, redacted message replaces msg and args, so it is formatted once.
+        record.msg, record.args = redact(record.getMessage()), None
         if record.exc_info and not record.exc_text:
             # Formatters reuse exc_text when it is set, so the clean text is what prints.
             record.exc_text = self._formatter.formatException(record.exc_info)
@@ -126,7 +131,11 @@ class RequestIdFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """Today's line, with the request id, redacted as a whole."""
+    """Today's line, with the request id. Every part that can come from outside (the
+    message with its arguments, the request id, a traceback, a stack) is redacted; the
+    rest (time, level, logger, process id) is tolem's own."""
+
+    _redact = RedactCards()
 
     def __init__(self) -> None:
         super().__init__(
@@ -134,9 +143,9 @@ class TextFormatter(logging.Formatter):
         )
 
     def format(self, record: logging.LogRecord) -> str:
-        if not hasattr(record, "request_id"):
-            record.request_id = request_id.get()
-        return redact(super().format(record))
+        self._redact.filter(record)
+        record.request_id = redact(str(getattr(record, "request_id", "-")))
+        return super().format(record)
 
 
 #: Attributes every LogRecord has; anything else on a record came from ``extra=``.
@@ -145,10 +154,11 @@ _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, and the
-    record's extra fields (an access line's method, path, status, duration_ms).
+    record's extra attributes; those of an ``extra={"fields": {...}}`` dict become
+    fields of their own (an access line's method, path, route, status, duration_ms).
 
     The serialised line is redacted as a whole, so a card number is masked in
-    whichever field it arrived: a header echoed as the request id, a path, an error.
+    whichever field it arrived: the request id, a path, an error.
     """
 
     def format(self, record: logging.LogRecord) -> str:
@@ -160,9 +170,12 @@ class JsonFormatter(logging.Formatter):
             "request_id": getattr(record, "request_id", None) or request_id.get(),
             "pid": record.process,
         }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        attributes = record.__dict__
+        for key in attributes.keys() - _STANDARD:
+            if key == "fields" and isinstance(attributes[key], dict):
+                entry.update(attributes[key])  # extra={"fields": {...}}: one by one
+            elif not key.startswith("_"):
+                entry[key] = attributes[key]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:

@@ -295,4 +295,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         SharedFigures(settings.data_dir.resolve() / "metrics") if settings.workers > 1 else None
     )
     app.include_router(router(Monitoring(settings, http, shared, Probe(), Probe())))
-    app.add_middleware(RequestContext, metrics=http, access=settings.access_log, shared=shared)
+    app.add_middleware(
+        RequestContext,
+        metrics=http,
+        access=settings.access_log,
+        structured=settings.log_format == "json",
+        shared=shared,
+    )
