@@ -145,6 +145,10 @@ def test_metrics_move_with_payments_and_postlinks(gateway: Gateway) -> None:
             headers={"Authorization": f"Bearer {tok}"},
         )
         client.get(f"/no/such/{invoice}")
+        # Answered before routing: a CORS preflight and a body over the limit.
+        preflight = {"Origin": "https://shop.kz", "Access-Control-Request-Method": "POST"}
+        client.options("/payment/cryptopay", headers=preflight)
+        client.post("/payment/cryptopay", content=b"x" * 70_000)
         after = scrape(client)
     assert [r.status_code for r in approved] == [200] * 3
     assert [r.status_code for r in declined] == [400] * 3
@@ -154,6 +158,8 @@ def test_metrics_move_with_payments_and_postlinks(gateway: Gateway) -> None:
     template = "/check-status/payment/transaction/{invoice_id}"
     assert moved(before, after, requests_of(template, 200, "GET")) == 1
     assert moved(before, after, requests_of("unmatched", 404, "GET")) == 1
+    assert moved(before, after, requests_of("unrouted", 200, "OPTIONS")) == 1
+    assert moved(before, after, requests_of("unrouted", 413)) == 1
     assert not any(invoice in key for key in after), "a raw path became a label"
     # The histogram counts the same requests, in cumulative buckets.
     labels = 'method="POST",route="/payment/cryptopay",status="200"'

@@ -36,6 +36,9 @@ BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: The route label of a request no route matched (a 404): raw paths would make the
 #: label's values unbounded.
 UNMATCHED = "unmatched"
+#: The route label of a request answered before the router saw it: a CORS preflight, a
+#: body over the limit, an Idempotency-Key replay.
+UNROUTED = "unrouted"
 _ID_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:")
 _MAX_ID = 64
 
@@ -89,11 +92,12 @@ class SharedFigures:
 
     def prepare(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for old in self.directory.parent.iterdir():
-            if old != self.directory and old.name.isdigit() and not _alive(int(old.name)):
-                for item in old.glob("*.json*"):
-                    item.unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
+        # Another worker may be removing the same directories: whatever fails, it did.
+        with contextlib.suppress(OSError):
+            for old in self.directory.parent.iterdir():
+                if old != self.directory and old.name.isdigit() and not _alive(int(old.name)):
+                    for item in old.glob("*.json*"):
+                        item.unlink(missing_ok=True)
                     old.rmdir()
 
     def write(self, metrics: HttpMetrics) -> None:
@@ -173,7 +177,7 @@ class RequestContext:
         finally:
             seconds = time.perf_counter() - start
             route = scope.get("route")
-            template = getattr(route, "path", None) or self._route_of(scope, status)
+            template = getattr(route, "path", None) or (UNMATCHED if status == 404 else UNROUTED)
             method = scope["method"]
             self.metrics.observe(method, template, status, seconds)
             if self.access and access_log.isEnabledFor(logging.INFO):
@@ -202,21 +206,6 @@ class RequestContext:
                     if self.structured
                     else None,
                 )
-
-    def _route_of(self, scope: Scope, status: int) -> str:
-        """The route template of a request the router did not see (an idempotent replay,
-        a body refused by size): matched here, off the usual path; else ``unmatched``."""
-        if status == 404:
-            return UNMATCHED
-        from starlette.routing import Match
-
-        app = scope.get("app")
-        router = getattr(app, "router", None)
-        for route in getattr(router, "routes", ()):
-            match, _ = route.matches({**scope, "type": "http"})
-            if match is Match.FULL:
-                return str(getattr(route, "path", UNMATCHED))
-        return UNMATCHED
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         shared = self.shared
