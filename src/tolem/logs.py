@@ -131,7 +131,8 @@ class RequestIdFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """Today's line, with the request id. Every part that can come from outside (the
+    """Today's line, with the request id after the level (so "logger pid message" stays
+    as it was for whatever reads it). Every part that can come from outside (the
     message with its arguments, the request id, a traceback, a stack) is redacted; the
     rest (time, level, logger, process id) is tolem's own."""
 
@@ -139,7 +140,7 @@ class TextFormatter(logging.Formatter):
 
     def __init__(self) -> None:
         super().__init__(
-            "%(asctime)s %(levelname)s %(name)s %(process)d %(request_id)s %(message)s"
+            "%(asctime)s %(levelname)s %(request_id)s %(name)s %(process)d %(message)s"
         )
 
     def format(self, record: logging.LogRecord) -> str:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from tolem import carddata, fields
+from tolem import fields
 from tolem.errors import FORMAT_ERROR
 from tolem.payments.service import PaymentOrder
 
@@ -24,15 +24,6 @@ _TEXT_LIMITS = {
     "terminal_id": 36,
     "data": 4000,
 }
-
-
-def _no_card_number(text: str, field: str) -> str:
-    """The shop's free text is stored and sent back in postLinks and reports: a card
-    number typed into it would be kept in clear, so it is refused (as the hosted page
-    refuses one in the payer's name, email or phone)."""
-    if text and carddata.holds_pan(text):
-        raise fields.FieldError(field, "must not hold a card number")
-    return text
 
 
 class OrderBody(BaseModel):
@@ -114,11 +105,8 @@ class OrderBody(BaseModel):
     @field_validator("name", "description", mode="before")
     @classmethod
     def _required_text(cls, value: Any, info: Any) -> str:
-        return _no_card_number(
-            fields.text(
-                value, info.field_name, max_length=_TEXT_LIMITS[info.field_name], required=True
-            ),
-            info.field_name,
+        return fields.text(
+            value, info.field_name, max_length=_TEXT_LIMITS[info.field_name], required=True
         )
 
     @field_validator("data", mode="before")
@@ -126,15 +114,9 @@ class OrderBody(BaseModel):
     def _data(cls, value: Any) -> str:
         if isinstance(value, dict | list):
             value = json.dumps(value, ensure_ascii=False, default=str)
-        return _no_card_number(fields.text(value, "data", max_length=_TEXT_LIMITS["data"]), "data")
+        return fields.text(value, "data", max_length=_TEXT_LIMITS["data"])
 
-    @field_validator("account_id", "email", "phone", mode="before")
-    @classmethod
-    def _free_text(cls, value: Any, info: Any) -> str:
-        text = fields.text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name])
-        return _no_card_number(text, info.field_name)
-
-    @field_validator("terminal_id", "payment_type", mode="before")
+    @field_validator("account_id", "email", "phone", "terminal_id", "payment_type", mode="before")
     @classmethod
     def _optional_text(cls, value: Any, info: Any) -> str:
         return fields.text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name])
