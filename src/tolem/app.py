@@ -25,6 +25,7 @@ from tolem.config import Settings
 from tolem.errors import install_handlers
 from tolem.hsts import StrictTransport
 from tolem.idempotency import Idempotency
+from tolem.monitoring import install as install_monitoring
 from tolem.notifications.endpoints import router as notifications_router
 from tolem.oauth.endpoints import router as oauth_router
 from tolem.operations.endpoints import router as status_router
@@ -176,6 +177,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     if not settings.is_sandbox:
         app.add_middleware(StrictTransport)  # pages: https only, behind the TLS proxy
+    install_monitoring(app, settings)  # last: its middleware is the outermost
     return app
 
 

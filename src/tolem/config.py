@@ -134,6 +134,16 @@ class Settings(BaseSettings):
         "wrapped under them still open and are re-wrapped under the current key when "
         "used or by `tolem keys rewrap`.",
     )
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`text` (one line per record) or `json` (one JSON object per line, "
+        "with the request id and, for access lines, method, path, status and duration).",
+    )
+    metrics_token: str = Field(
+        "",
+        description="Bearer token that /metrics requires; empty leaves /metrics open in "
+        "sandbox mode and closed (403) in production mode.",
+    )
 
     @field_validator("rsa_key_bits")
     @classmethod
