@@ -12,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 from sqlalchemy import update
+from sqlalchemy.orm import Session
 
-from tolem.db.engine import Database
+from tolem.db.engine import Database, Directory
 from tolem.db.migrate import prepare_database
 from tolem.merchants import service as merchants
 from tolem.merchants.models import Merchant, Terminal
@@ -28,7 +29,7 @@ def db(tmp_path: Path) -> Database:
     return database
 
 
-def _two_step(db: Database, directory: merchants.Directory) -> bool | None:
+def _two_step(db: Database, directory: Directory) -> bool | None:
     with db.read() as session:
         terminal = directory.load(
             ("terminal", merchants.SANDBOX_TERMINAL_ID),
@@ -48,7 +49,7 @@ def _set_two_step(db: Database, value: bool) -> None:
 
 
 def test_an_entry_is_read_once_then_kept_until_its_time_runs_out(db: Database) -> None:
-    directory = merchants.Directory(ttl=0.3)
+    directory = Directory(ttl=0.3)
     before = _two_step(db, directory)
     assert before is not None
     _set_two_step(db, not before)
@@ -61,7 +62,7 @@ def test_an_entry_is_read_once_then_kept_until_its_time_runs_out(db: Database) -
 
 
 def test_absent_entries_are_kept_too_and_the_size_is_bounded(db: Database) -> None:
-    directory = merchants.Directory(ttl=60, size=3)
+    directory = Directory(ttl=60, size=3)
     calls: list[str] = []
 
     def missing(key: str) -> None:
@@ -79,7 +80,7 @@ def test_absent_entries_are_kept_too_and_the_size_is_bounded(db: Database) -> No
 
 
 def test_kept_entries_belong_to_no_session(db: Database) -> None:
-    directory = merchants.Directory()
+    directory = Directory()
     with db.write() as session:
         merchant, terminal = directory.load(
             ("client", "test"),
@@ -94,9 +95,42 @@ def test_kept_entries_belong_to_no_session(db: Database) -> None:
 
 
 def test_only_the_directory_is_asked_without_a_session() -> None:
-    merchants.directory.forget()
     with pytest.raises(merchants.NotKept):
-        merchants.known_credentials(None, "nobody-asked-yet", "secret", "")
+        merchants.known_credentials(None, "nobody-asked-yet", "secret", "", directory=Directory())
+
+
+def test_each_database_has_its_own_directory(tmp_path: Path) -> None:
+    """Two gateways in one process (tests, the pytest plugin): each reads its own
+    sandbox merchant, though both have the client id "test"."""
+    first = Database(f"sqlite:///{tmp_path / 'a.db'}")
+    second = Database(f"sqlite:///{tmp_path / 'b.db'}")
+    try:
+        found = []
+        for db in (first, second):
+            prepare_database(db, sandbox=True)
+            with db.read() as session:
+                assert merchants.directory_of(session) is db.directory
+                merchant, _ = merchants.known_credentials(
+                    session,
+                    "test",
+                    merchants.SANDBOX_CLIENT_SECRET,
+                    "",
+                    directory=db.directory,
+                )
+                assert merchant is not None
+                found.append(merchant.id)
+        assert found[0] != found[1]
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+def test_a_session_of_no_database_keeps_nothing(db: Database) -> None:
+    with Session(db.engine) as session:
+        directory = merchants.directory_of(session)
+        assert directory is not db.directory
+        merchants.kept_terminal(session, "nobody", merchants.SANDBOX_TERMINAL_ID)
+        assert directory.get(("terminal", "nobody", merchants.SANDBOX_TERMINAL_ID))[0] is False
 
 
 def _token(client: httpx.Client, client_id: str, secret: str) -> int:
@@ -128,7 +162,7 @@ def test_a_secret_changed_by_another_process_stops_working_within_a_second(
                     .where(Merchant.id == made.merchant_id)
                     .values(secret_salt=salt, secret_digest=merchants.digest_secret(salt, "new"))
                 )
-            time.sleep(merchants.directory.ttl + 0.2)
+            time.sleep(Directory().ttl + 0.2)
             assert _token(client, made.client_id, made.client_secret) == 401
             assert _token(client, made.client_id, "new") == 200
     finally:

@@ -25,9 +25,9 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 try:
     import fcntl
@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+_T = TypeVar("_T")
 _WRITE = "tolem_write"
 #: Seconds a writer waits for the database (SQLite's busy timeout, and the process's
 #: writer lock before it).
@@ -86,13 +87,60 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
             conn.exec_driver_sql("BEGIN")
 
 
+class Directory:
+    """Rows that tokens and payments read on every request (merchants, terminals), kept
+    a second per process and per database (:attr:`Database.directory`).
+
+    Every token and payment read its merchant or terminal from the database: a query,
+    and for a token the only reason to leave the event loop. Entries are kept for
+    ``ttl`` seconds, absent ones too (so a known client id answers no faster than an
+    unknown one), at most ``size`` of them. What is kept is detached from any session
+    and only read. A change made in this process (tolem.merchants.service's
+    ``update_terminal``, ``rotate_secret``) empties the directory; other processes see
+    it within ``ttl``.
+    """
+
+    def __init__(self, *, ttl: float = 1.0, size: int = 10_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: dict[tuple[str, ...], tuple[float, object]] = {}
+
+    def get(self, key: tuple[str, ...]) -> tuple[bool, object]:
+        """(True, value) when ``key`` is kept and fresh, else (False, None)."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def load(self, key: tuple[str, ...], session: Session, load: Callable[[], _T]) -> _T:
+        """The value kept under ``key``, else ``load()``'s, detached and kept."""
+        found, value = self.get(key)
+        if found:
+            return value  # type: ignore[return-value]
+        fresh = load()
+        for item in fresh if isinstance(fresh, tuple) else (fresh,):
+            if item is not None:
+                session.expunge(item)  # read only, by any thread: no session owns it
+        if len(self._entries) >= self.size:
+            self._entries.clear()  # a flood of client ids costs queries, not memory
+        self._entries[key] = (time.monotonic() + self.ttl, fresh)
+        return fresh
+
+    def forget(self) -> None:
+        self._entries.clear()
+
+
 class Database:
     """The engine plus the two kinds of unit of work the services use."""
 
     def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
         self.url = url
         self.engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        #: Merchants and terminals as tokens and payments read them (see Directory).
+        self.directory = Directory()
+        self._sessions = sessionmaker(
+            self.engine, expire_on_commit=False, info={"directory": self.directory}
+        )
         # Re-entrant: a write opened inside another in the same thread behaves as it
         # did without the lock (it waits on SQLite's busy timeout, then fails).
         self._writer = _WriterLock(_lock_file(self.engine)) if self.is_sqlite else None

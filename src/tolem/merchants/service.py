@@ -12,10 +12,8 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 import idna
@@ -23,10 +21,9 @@ from sqlalchemy import and_, bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tolem import sandbox
+from tolem.db.engine import Directory
 from tolem.merchants.models import Merchant, Terminal
 from tolem.processor.base import Secure3DPolicy
-
-_T = TypeVar("_T")
 
 SANDBOX_CLIENT_ID = sandbox.CLIENT_ID
 SANDBOX_CLIENT_SECRET = sandbox.CLIENT_SECRET
@@ -138,53 +135,23 @@ _WITH_TERMINAL = (
 )
 
 
-class Directory:
-    """Merchants and terminals as tokens and payments read them, kept a second per process.
-
-    Every token and payment read its merchant or terminal from the database: a query,
-    and for a token the only reason to leave the event loop. Entries are kept for
-    ``ttl`` seconds, absent ones too (so a known client id answers no faster than an
-    unknown one), at most ``size`` of them. What is kept is detached from any session
-    and only read. A change made in this process (:func:`update_terminal`,
-    :func:`rotate_secret`) empties the directory; other processes see it within ``ttl``.
-    """
-
-    def __init__(self, *, ttl: float = 1.0, size: int = 10_000) -> None:
-        self.ttl = ttl
-        self.size = size
-        self._entries: dict[tuple[str, ...], tuple[float, object]] = {}
-
-    def get(self, key: tuple[str, ...]) -> tuple[bool, object]:
-        """(True, value) when ``key`` is kept and fresh, else (False, None)."""
-        entry = self._entries.get(key)
-        if entry is None or entry[0] < time.monotonic():
-            return False, None
-        return True, entry[1]
-
-    def load(self, key: tuple[str, ...], session: Session, load: Callable[[], _T]) -> _T:
-        """The value kept under ``key``, else ``load()``'s, detached and kept."""
-        found, value = self.get(key)
-        if found:
-            return value  # type: ignore[return-value]
-        fresh = load()
-        for item in fresh if isinstance(fresh, tuple) else (fresh,):
-            if item is not None:
-                session.expunge(item)  # read only, by any thread: no session owns it
-        if len(self._entries) >= self.size:
-            self._entries.clear()  # a flood of client ids costs queries, not memory
-        self._entries[key] = (time.monotonic() + self.ttl, fresh)
-        return fresh
-
-    def forget(self) -> None:
-        self._entries.clear()
+#: For a session that no tolem.db.engine.Database made: keeps nothing.
+_UNKEPT = Directory(ttl=0)
 
 
-#: This process's directory (tolem.runtime and the tests reach it here).
-directory = Directory()
+def directory_of(session: Session) -> Directory:
+    """The directory of the database this session belongs to (Database.directory)."""
+    found = session.info.get("directory")
+    return found if isinstance(found, Directory) else _UNKEPT
 
 
 def known_credentials(
-    session: Session | None, client_id: str, client_secret: str, terminal_id: str
+    session: Session | None,
+    client_id: str,
+    client_secret: str,
+    terminal_id: str,
+    *,
+    directory: Directory,
 ) -> tuple[Merchant | None, Terminal | None]:
     """The merchant of these credentials and its terminal, through the :class:`Directory`.
 
@@ -230,7 +197,7 @@ def _by_client(
 
 def kept_terminal(session: Session, merchant_id: str, terminal_id: str) -> Terminal | None:
     """:func:`terminal_of` through the :class:`Directory` (read only: not for changes)."""
-    return directory.load(
+    return directory_of(session).load(
         ("terminal", merchant_id, terminal_id),
         session,
         lambda: terminal_of(session, merchant_id, terminal_id),
@@ -395,7 +362,7 @@ def update_terminal(
     terminal.currencies = " ".join(settings.currencies)
     terminal.allowed_hosts = " ".join(settings.allowed_hosts)
     session.flush()
-    directory.forget()
+    directory_of(session).forget()
     return terminal
 
 
@@ -410,5 +377,5 @@ def rotate_secret(session: Session, merchant_id: str, old_digest: str) -> str | 
         .where(Merchant.id == merchant_id, Merchant.secret_digest == old_digest)
         .values(secret_salt=salt, secret_digest=digest_secret(salt, secret))
     )
-    directory.forget()
+    directory_of(session).forget()
     return secret if done.rowcount == 1 else None  # type: ignore[attr-defined]

@@ -127,6 +127,7 @@ async def token(request: Request) -> Response:
             rt.sealer,
             form,
             ttl=rt.settings.token_ttl,
+            directory=rt.db.directory,
             enforce_hosts=not rt.settings.is_sandbox,
         )
 

@@ -10,6 +10,7 @@ from decimal import Decimal
 from sqlalchemy.orm import Session
 
 from tolem import fields
+from tolem.db.engine import Directory
 from tolem.errors import BadRequest, Unauthorized
 from tolem.merchants import service as merchants
 from tolem.oauth.tokens import AccessToken, TokenInvalid, TokenSealer
@@ -49,10 +50,11 @@ def issue(
     form: Mapping[str, str],
     *,
     ttl: int,
+    directory: Directory,
     enforce_hosts: bool = False,
 ) -> IssuedToken:
     """A client_credentials token. With ``session`` None the merchant is looked up only
-    in the process's directory (merchants.NotKept if it is not there)."""
+    in the database's directory (merchants.NotKept if it is not there)."""
     grant = (first_field(form, "grant_type") or "").strip()
     if not grant:
         raise TokenError("invalid_request", "grant_type is required")
@@ -63,8 +65,10 @@ def issue(
     if not client_id or not client_secret:
         raise TokenError("invalid_request", "client_id and client_secret are required")
     terminal_id = (first_field(form, "terminal") or "").strip()
-    # The merchant and the terminal in one query, or none (merchants.Directory).
-    merchant, terminal = merchants.known_credentials(session, client_id, client_secret, terminal_id)
+    # The merchant and the terminal in one query, or none (the database's Directory).
+    merchant, terminal = merchants.known_credentials(
+        session, client_id, client_secret, terminal_id, directory=directory
+    )
     if merchant is None:
         raise TokenError("invalid_client", "invalid client credentials", status=401)
 
