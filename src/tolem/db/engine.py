@@ -118,6 +118,8 @@ class Directory:
         if found:
             return value  # type: ignore[return-value]
         fresh = load()
+        if self.ttl <= 0:  # keeps nothing: the objects stay with their session
+            return fresh
         for item in fresh if isinstance(fresh, tuple) else (fresh,):
             if item is not None:
                 session.expunge(item)  # read only, by any thread: no session owns it
