@@ -163,6 +163,11 @@ class Database:
                 session.rollback()
                 raise
 
+    def transact(self, work: Callable[[Session], _T]) -> _T:
+        """``work(session)`` in a write transaction, committed before this returns."""
+        with self.write() as session:
+            return work(session)
+
     @contextmanager
     def read(self) -> Iterator[Session]:
         """A read-only transaction, ended without commit.
