@@ -66,7 +66,7 @@ def card_number_in(text: str) -> str | None:
     ones do), and a 12-digit IIN, an 11-digit phone number or a 13-digit timestamp in
     milliseconds never is. The answer is only ever shown as :func:`mask` shows it.
     """
-    if _THIRTEEN_DIGITS.search(text) is None:
+    if len(text) < 13 or _THIRTEEN_DIGITS.search(text) is None:
         return None
     for match in _GROUPED_DIGITS.finditer(text):
         if match.group("uuid"):
