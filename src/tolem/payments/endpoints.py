@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from tolem import fields, wire
+from tolem import carddata, fields, wire
 from tolem.errors import BadRequest, Unauthorized
 from tolem.oauth import service as oauth
 from tolem.oauth.tokens import AccessToken
@@ -97,11 +97,14 @@ def invoice_of(data: dict[str, Any]) -> dict[str, str]:
                 return str(value)[:64]
         return ""
 
+    account = pick("accountId", "accountID")
+    if carddata.card_number_in(account):  # refused for it (fields.free_text): not echoed
+        account = ""
     return {
         "invoiceId": pick("invoiceId", "invoiceID", "InvoiceID"),
         "id": "",
         "reference": "",
-        "accountId": pick("accountId", "accountID"),
+        "accountId": account,
     }
 
 
