@@ -14,11 +14,13 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from tolem.config import Settings
+from tolem.db.engine import WouldBlock
 from tolem.db.migrate import prepare_database
+from tolem.merchants.models import Terminal
 from tolem.merchants.service import SANDBOX_TERMINAL_ID, find_by_client_id
 from tolem.notifications.models import Notification
 from tolem.oauth.tokens import AccessToken
@@ -111,3 +113,24 @@ def test_a_payment_that_fails_midway_leaves_nothing_and_its_invoice_free(rt: Run
     assert challenge is None and tx.status == "AUTH" and tx.invoice_id == invoice
     # the claim, its outcome (two history lines), the ledger row and the postLink
     assert _counts(rt, invoice) == (1, 2, 1, 1)
+
+
+class _NotOnTheLoop:
+    """A connector that must not be called: pay(wait=False) gives way before it."""
+
+    def authorize(self, request: object) -> None:
+        raise AssertionError("a connector was called on the event loop")
+
+
+def test_a_payment_that_needs_a_connector_gives_way_on_the_event_loop(rt: Runtime) -> None:
+    invoice = f"{secrets.randbelow(10**9):09d}"
+    ctx, order = _context(rt, invoice), _order(invoice)
+    rt.acquirer = _NotOnTheLoop()  # type: ignore[assignment]
+    with rt.db.write() as session:
+        session.execute(
+            update(Terminal).where(Terminal.id == SANDBOX_TERMINAL_ID).values(is_test=False)
+        )
+    rt.db.directory.forget()
+    with pytest.raises(WouldBlock):
+        service.pay(rt, ctx, order, CARD, SANDBOX_TERMINAL_ID, wait=False)
+    assert _counts(rt, invoice) == (0, 0, 0, 0)  # the claim was undone

@@ -32,6 +32,7 @@ from tolem import carddata, reasons
 from tolem.cards import service as cards
 from tolem.cards.vault import CardVault
 from tolem.db.base import insert_row, utcnow
+from tolem.db.engine import WouldBlock
 from tolem.errors import API_ERROR, BadRequest, PaymentDeclined
 from tolem.merchants import service as merchants
 from tolem.merchants.models import Terminal
@@ -399,6 +400,8 @@ def pay(
     order: PaymentOrder,
     card: Card,
     card_terminal: str,
+    *,
+    wait: bool = True,
 ) -> tuple[Transaction, Challenge | None]:
     """The payment core shared by cryptopay and the hosted page: claim, authorize, finish.
 
@@ -411,6 +414,10 @@ def pay(
     then commit as one transaction, so a crash keeps all of it or none, and a payment
     costs one commit instead of three. A connector is called between two transactions,
     as the module's docstring says.
+
+    ``wait=False`` is for the event loop (cryptopay on SQLite): if the payment would
+    wait for another writer, or needs a connector's network call, it raises
+    :class:`~tolem.db.engine.WouldBlock` having kept nothing, to be run in a thread.
     """
     terminal_id = check_binding(ctx.token, order, card_terminal)
     connector: list[Acquirer] = []  # the acquirer to call after the claim, if not the simulator
@@ -428,6 +435,8 @@ def pay(
         )
         acquirer = rt.acquirer_for(terminal)
         if acquirer is not rt.simulator:
+            if not wait:  # no network call on the event loop: the claim is undone
+                raise WouldBlock
             connector.append(acquirer)
             return tx, terminal, None
         # The simulator's ledger shares this transaction.
@@ -435,7 +444,7 @@ def pay(
         done, challenge = _conclude(rt, session, tx, terminal, order, result)
         return done, terminal, challenge
 
-    tx, terminal, challenge = rt.db.transact(claimed)
+    tx, terminal, challenge = rt.db.transact(claimed, wait=wait)
     if connector:
         answer = authorize(connector[0], tx, terminal, card)
         if answer is None:
