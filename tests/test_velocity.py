@@ -143,8 +143,8 @@ def shop(limited: Gateway) -> Shop:
 
 def new_card() -> tuple[str, str, str]:
     """A card the simulator approves that no other attempt uses."""
-    digits = "".join(random.choice("0123456789") for _ in range(9))
-    return (luhn_complete(f"400000{digits}"), "0130", "123")
+    digits = "".join(random.choice("0123456789") for _ in range(13))
+    return (luhn_complete(f"41{digits}"), "0130", "123")  # no simulator card starts so
 
 
 def new_ip() -> str:
