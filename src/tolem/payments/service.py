@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from tolem import carddata, reasons
+from tolem import carddata, reasons, velocity
 from tolem.cards import service as cards
 from tolem.cards.vault import CardVault
 from tolem.db.base import insert_row, utcnow
@@ -213,6 +213,7 @@ def claim(
         card_fingerprint=carddata.fingerprint(fingerprint_key, card.pan),
         card_type=carddata.brand(card.pan),
     )
+    velocity.check(session, tx)  # card-testing defence: 491 past a velocity limit
     try:
         session.execute(_INSERT_TRANSACTION, insert_row(tx))
     except IntegrityError:
