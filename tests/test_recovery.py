@@ -8,6 +8,10 @@ ledger (tests/crash_acquirer.py), which also proves nothing was sent to it again
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -405,3 +409,44 @@ def test_sweepers_racing_record_each_outcome_once(rt: Runtime) -> None:
     assert refund_events == 3  # one done, two declined: one line each
     sent = [*unfinished[:3], refunded]  # each once, before the sweep
     assert acquirer(rt).calls("authorize") == [("authorize", tx.id) for tx in sent]
+
+
+def test_tolem_worker_sweeps_at_start_up(rt: Runtime, tmp_path: Path) -> None:
+    """A deployment whose gateways all died: ``tolem worker`` settles what they left."""
+    where = shop(rt)
+    approved, never_sent = claimed(rt, where), claimed(rt, where)
+    authorized(rt, where, approved)
+    with rt.db.write() as session:  # claimed a minute ago: past the grace
+        for tx in (approved, never_sent):
+            row = session.get(Transaction, tx.id)
+            assert row is not None
+            row.created_at = utcnow() - timedelta(seconds=60)
+    root = Path(__file__).resolve().parent.parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOLEM_")} | {
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        "TOLEM_DATA_DIR": str(tmp_path),
+        "TOLEM_DATABASE_URL": rt.settings.database_url,
+        "TOLEM_ACQUIRER": "tests.crash_acquirer:create",
+        "TOLEM_TEST_ACQUIRER_LEDGER": os.environ["TOLEM_TEST_ACQUIRER_LEDGER"],
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "tolem", "worker"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and stored(rt, never_sent.id).status == "NEW":
+            assert worker.poll() is None, worker.communicate()[0]
+            time.sleep(0.2)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        output = worker.communicate(timeout=30)[0].decode(errors="replace")
+    assert worker.returncode == 0, output
+    assert (stored(rt, approved.id).status, stored(rt, never_sent.id).status) == (
+        "CHARGE",
+        "FAILED",
+    ), output
+    assert "recovered payment" in output
+    assert acquirer(rt).calls() == [("authorize", approved.id)]
