@@ -30,7 +30,7 @@ from tolem.config import Settings
 from tolem.db.base import utcnow
 from tolem.db.migrate import prepare_database
 from tolem.merchants.models import Terminal
-from tolem.merchants.service import create_merchant
+from tolem.merchants.service import SANDBOX_TERMINAL_ID, create_merchant
 from tolem.notifications.models import Notification
 from tolem.oauth.tokens import AccessToken
 from tolem.operations import actions
@@ -450,3 +450,34 @@ def test_tolem_worker_sweeps_at_start_up(rt: Runtime, tmp_path: Path) -> None:
     ), output
     assert "recovered payment" in output
     assert acquirer(rt).calls() == [("authorize", approved.id)]
+
+
+@pytest.fixture
+def sandbox(postgres_or_sqlite_empty_url: str, tmp_path: Path) -> Iterator[Runtime]:
+    """A sandbox gateway without a connector: every terminal pays through the simulator."""
+    runtime = Runtime.start(Settings(database_url=postgres_or_sqlite_empty_url, data_dir=tmp_path))
+    prepare_database(runtime.db, sandbox=True)
+    try:
+        yield runtime
+    finally:
+        runtime.close()
+
+
+def test_the_simulator_is_asked_too_after_its_longer_grace(sandbox: Runtime) -> None:
+    rt = sandbox
+    assert rt.acquirer is None
+    with rt.db.read() as session:
+        terminal = session.get(Terminal, SANDBOX_TERMINAL_ID)
+        assert terminal is not None
+    where = Shop(terminal.merchant_id, terminal)
+    approved, never_sent = claimed(rt, where), claimed(rt, where)
+    published = Card(pan="4405639704015096", exp_month=1, exp_year=2027, cvc="321")
+    assert payments.authorize(rt.simulator, approved, terminal, published) is not None
+    assert recovery.sweep(rt, now=later()).total == 0  # 30 s: within the simulator's 65
+    found = recovery.sweep(rt, now=utcnow() + timedelta(seconds=70))
+    assert found.payments == 2
+    assert stored(rt, approved.id).status == "AUTH"  # the sandbox terminal is two-step
+    assert (stored(rt, never_sent.id).status, stored(rt, never_sent.id).reason_code) == (
+        "FAILED",
+        recovery.NEVER_REACHED,
+    )

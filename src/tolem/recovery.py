@@ -90,7 +90,8 @@ class Recovered:
 def sweep(rt: Runtime, now: datetime | None = None, limit: int = 200) -> Recovered:
     """Settle up to ``limit`` of each kind of unfinished work older than its grace."""
     now = now or utcnow()
-    shortest = min(grace_of(rt.simulator), *([grace_of(rt.acquirer)] if rt.acquirer else []))
+    acquirers = [rt.simulator] if rt.acquirer is None else [rt.simulator, rt.acquirer]
+    shortest = min(grace_of(acquirer) for acquirer in acquirers)
     before = now - timedelta(seconds=shortest)
     done = Recovered()
     done.payments = _payments(rt, now, before, limit)
