@@ -384,6 +384,31 @@ def test_decline_without_failure_post_link_goes_to_post_link(
     assert only_notification(gw, tx_id).url == receiver.url(ok)
 
 
+def test_approved_operations_go_to_post_link_though_the_payment_has_a_failure_link(
+    gw: Gateway, client: httpx.Client, receiver: Receiver
+) -> None:
+    """A charge, a refund and a cancel that succeed are successes, though they leave the
+    payment REFUND or CANCEL: their postLinks go to postLink, not failurePostLink."""
+    ok, fail = path("ok"), path("ok")
+    tok = api_token(client)
+    refunded, _ = pay(gw, client, **links(receiver, ok, fail))
+    cancelled, _ = pay(gw, client, **links(receiver, ok, fail))
+    for tx_id, operation in (
+        (refunded.json()["id"], "charge"),
+        (refunded.json()["id"], "refund"),
+        (cancelled.json()["id"], "cancel"),
+    ):
+        response = client.post(f"/operation/{tx_id}/{operation}", headers=bearer(tok))
+        assert response.status_code == 200, response.text
+    received = receiver.wait_for(ok, count=5)  # two payments and three operations
+    assert sorted(r.json()["id"] for r in received) == sorted(
+        [refunded.json()["id"]] * 3 + [cancelled.json()["id"]] * 2
+    )
+    assert transaction(gw, refunded.json()["id"]).status == "REFUND"
+    assert transaction(gw, cancelled.json()["id"]).status == "CANCEL"
+    assert receiver.to(fail) == []
+
+
 def test_links_bound_in_the_token_are_used(
     gw: Gateway, client: httpx.Client, receiver: Receiver
 ) -> None:

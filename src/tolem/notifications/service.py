@@ -34,16 +34,20 @@ _INSERT_NOTIFICATION = insert(cast(Table, Notification.__table__))
 DEFAULT_SCHEDULE = (10.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0, 86400.0)
 
 
-def postlink_of(tx: Transaction) -> str:
-    """Success to postLink; a failure to failurePostLink, else postLink (EPAY.md §10)."""
-    if Status(tx.status).succeeded:
+def postlink_of(tx: Transaction, event: str = "payment") -> str:
+    """Success to postLink; a failure to failurePostLink, else postLink (EPAY.md §10).
+
+    An operation (charge, cancel, refund) is announced only once approved: a success,
+    though it leaves the payment CANCEL or REFUND, so it goes to postLink.
+    """
+    if event != "payment" or Status(tx.status).succeeded:
         return tx.post_link
     return tx.failure_post_link or tx.post_link
 
 
 def enqueue(session: Session, tx: Transaction, *, event: str = "payment") -> Notification | None:
     """Write the postLink announcing the transaction's new state, if it has a link."""
-    url = postlink_of(tx)
+    url = postlink_of(tx, event)
     if not url:
         return None
     now = utcnow()
