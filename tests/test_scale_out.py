@@ -688,6 +688,26 @@ def saved_card_elsewhere(s: Shopper, shop: Shop) -> None:
     s.check(shop, second, str(response.json()["id"]), status, avoid=server)
 
 
+def one_card_saved_on_three_servers_at_once(s: Shopper, shop: Shop) -> None:
+    """Three orders of one customer, one card, each saving it, paid on the three servers
+    at once: one cardID for all three (it was one per server before the fix)."""
+    account = f"acc-{new_invoice()}"
+    card = s.rng.choice(APPROVED)
+    orders = []
+    for server in s.servers:
+        invoice, amount = new_invoice(), s.amount()
+        tok = s.token(s.one(avoid=server), shop, invoice, amount)
+        body = s.body(shop, invoice, amount, card, accountId=account, cardSave=True)
+        orders.append((server, tok, body, invoice, amount))
+    answers = s.race(*(lambda o=o: s.cryptopay(o[0], o[1], o[2]) for o in orders))
+    assert [a.status_code for a in answers] == [200] * len(orders), [a.text for a in answers]
+    assert len({a.json()["cardID"] for a in answers}) == 1, [a.text for a in answers]
+    status = "CHARGE" if shop.one_step else "AUTH"
+    for (server, _, _, invoice, amount), answer in zip(orders, answers, strict=True):
+        s.record_paid(str(answer.json()["id"]), shop, invoice, amount, status)
+        s.check(shop, invoice, str(answer.json()["id"]), status, avoid=server)
+
+
 def secure3d_across_servers(s: Shopper, shop: Shop) -> None:
     """Challenge from one server, the ACS on a second, the answer confirmed on two at once."""
     invoice, amount = new_invoice(), s.amount()
@@ -758,6 +778,7 @@ TWO_STEP_ORDERS: list[tuple[Callable[[Shopper, Shop], None], int]] = [
     (declined_then_retried, 4),
     (invoice_race, 5),
     (saved_card_elsewhere, 3),
+    (one_card_saved_on_three_servers_at_once, 2),
     (secure3d_across_servers, 4),
     (secure3d_abandoned, 2),
 ]
@@ -765,6 +786,7 @@ ONE_STEP_ORDERS: list[tuple[Callable[[Shopper, Shop], None], int]] = [
     (one_step_refunds_race, 8),
     (idempotent_refund_race, 6),
     (one_step_kept, 3),
+    (one_card_saved_on_three_servers_at_once, 1),
     (declined_then_retried, 3),
     (invoice_race, 4),
     (secure3d_across_servers, 2),
@@ -985,6 +1007,12 @@ def test_three_servers_and_two_workers_behave_as_one_gateway(cluster: Cluster) -
     raced = [r for r in rows.values() if r.invoice_id in set(told.invoice_races)]
     assert len(raced) == len(told.invoice_races)
 
+    # One saved card per customer and card, none left pending.
+    cards = query(db, "SELECT merchant_id, account_id, card_fingerprint, state FROM saved_cards")
+    assert {c.state for c in cards} <= {"active"}, Counter(c.state for c in cards)
+    owners = Counter((c.merchant_id, c.account_id, c.card_fingerprint) for c in cards)
+    assert [o for o, n in owners.items() if n > 1] == [], "one card saved twice"
+
     # Totals, as Decimal sums: from the database and from the API's answers.
     db_charged = sum((money(r.amount_charged) for r in rows.values()), Decimal(0))
     db_refunded = sum((money(r.amount_refunded) for r in rows.values()), Decimal(0))
@@ -1115,7 +1143,8 @@ def test_three_servers_and_two_workers_behave_as_one_gateway(cluster: Cluster) -
         f"{len(told.invoice_races)} invoices raced on two servers, "
         f"{len(abandoned)} abandoned in 3-D Secure and failed by a sweeper); "
         f"operations performed {len(told.operations)} {dict(kinds)}, refused {dict(told.refused)}, "
-        f"idempotent replays {told.idempotent_replays}; status checks {told.status_checks}; "
+        f"idempotent replays {told.idempotent_replays}; saved cards {len(cards)}; "
+        f"status checks {told.status_checks}; "
         f"charged {db_charged} KZT, refunded {db_refunded} KZT; "
         f"postLinks {len(notes)}, requests received {len(received)}, "
         f"duplicates {sum(duplicates.values())} ({len(duplicates)} postLinks), "
