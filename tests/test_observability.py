@@ -9,12 +9,15 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -28,6 +31,7 @@ from tests.support import (
     start_gateway,
     token,
 )
+from tolem.app import create_app
 from tolem.config import Settings
 from tolem.db.engine import Database
 from tolem.processor.simulator import Simulator
@@ -101,6 +105,56 @@ def test_every_answer_carries_a_request_id_and_every_line_of_the_request_has_it(
     assert any(f"payment {paid.json()['id']}" in line for line in lines), lines
     assert any('"POST /payment/cryptopay HTTP/1.1" 200' in line for line in lines), lines
     assert logged(gateway, " shop-42.retry:1_a ", "tolem.access")
+
+
+@contextmanager
+def gateway_with_a_failing_route(tmp_path: Path) -> Iterator[str]:
+    """tolem's own app, served by uvicorn over real HTTP, with one more route that
+    raises: an unhandled error, as a bug anywhere in a route would be."""
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=f"sqlite:///{tmp_path / 'tolem.db'}",
+        postlink_worker=False,
+    )
+    app = create_app(settings)
+
+    async def broken() -> None:
+        raise RuntimeError("a bug in a route")
+
+    app.add_api_route("/broken", broken, methods=["GET", "POST"])
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert server.started, "the gateway did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+
+
+def test_an_unhandled_error_answers_500_with_the_request_id(tmp_path: Path) -> None:
+    with gateway_with_a_failing_route(tmp_path) as base:
+        # One connection each: uvicorn closes the one an unhandled error came through.
+        mine = httpx.post(f"{base}/broken", headers={"X-Request-ID": "shop-7.crash"})
+        new = httpx.get(f"{base}/broken")
+        also = httpx.get(f"{base}/broken")
+        fine = httpx.get(f"{base}/healthz")
+    for answer in (mine, new, also):
+        assert answer.status_code == 500, answer.text
+        assert answer.json() == {"code": 461, "message": "System error"}
+    assert mine.headers["x-request-id"] == "shop-7.crash"
+    assert re.fullmatch(r"[0-9a-f]{16}", new.headers["x-request-id"]), new.headers
+    assert new.headers["x-request-id"] != also.headers["x-request-id"]
+    # The request after it has its own id: the failed one's did not stay behind.
+    assert fine.status_code == 200
+    assert fine.headers["x-request-id"] not in (new.headers["x-request-id"], "shop-7.crash")
 
 
 def test_json_log_lines(tmp_path: Path) -> None:

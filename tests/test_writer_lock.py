@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
-from tolem.db.engine import Database
+from tests.support import cryptopay, new_invoice, pay, payment_body, start_gateway, token
+from tolem.db.engine import Database, WouldBlock
 
 HOLD = """
 import fcntl, os, sys, time
@@ -106,3 +111,93 @@ def test_the_file_lock_is_held_until_the_outermost_write_ends(db: Database, tmp_
             assert _state(lock) == "taken"
         assert _state(lock) == "taken"
     assert _state(lock) == "free"
+
+
+def _insert(n: int) -> Callable[[Session], int]:
+    def work(session: Session) -> int:
+        session.execute(text("INSERT INTO t VALUES (:n)"), {"n": n})
+        return n
+
+    return work
+
+
+def test_a_writer_that_will_not_wait_is_refused_while_another_process_writes(
+    db: Database, tmp_path: Path
+) -> None:
+    holder = _hold(tmp_path / "w.db-writer.lock", 0.5)
+    ran = []
+    try:
+        with pytest.raises(WouldBlock):
+            db.transact(lambda session: ran.append(session), wait=False)
+        assert ran == []  # refused before anything was done
+    finally:
+        holder.wait(10)
+    assert db.transact(_insert(1), wait=False) == 1  # the file is free again
+    assert _state(tmp_path / "w.db-writer.lock") == "free"  # and let go afterwards
+
+
+def test_a_writer_that_will_not_wait_is_refused_while_another_thread_writes(
+    db: Database, tmp_path: Path
+) -> None:
+    inside, leave = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with db.write() as session:
+            session.execute(text("INSERT INTO t VALUES (1)"))
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(WouldBlock):
+            db.transact(_insert(2), wait=False)
+    finally:
+        leave.set()
+        thread.join(10)
+    assert db.transact(_insert(3), wait=False) == 3
+    with db.read() as session:
+        assert session.execute(text("SELECT n FROM t ORDER BY n")).scalars().all() == [1, 3]
+    assert _state(tmp_path / "w.db-writer.lock") == "free"
+
+
+def test_a_writer_that_will_not_wait_rolls_back_its_own_failure(db: Database) -> None:
+    def fails(session: Session) -> None:
+        session.execute(text("INSERT INTO t VALUES (5)"))
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        db.transact(fails, wait=False)
+    assert db.transact(_insert(6)) == 6  # the lock was let go: a waiting writer gets in
+    with db.read() as session:
+        assert session.execute(text("SELECT n FROM t")).scalars().all() == [6]
+
+
+def test_a_payment_waits_in_a_thread_for_another_process_and_the_loop_stays_free(
+    tmp_path: Path,
+) -> None:
+    """cryptopay on SQLite pays on the event loop when the writer is free, and in a
+    thread when another process writes: it waits there, and the loop answers others."""
+    database = tmp_path / "g.db"
+    (tmp_path / "gw").mkdir()
+    with start_gateway(tmp_path / "gw", f"sqlite:///{database}") as gw, gw.client() as client:
+        assert pay(gw, client).json()["status"] == "AUTH"  # on the loop
+        invoice = new_invoice()
+        access = token(client, invoice=invoice)["access_token"]
+        body = payment_body(gw, invoice)
+        holder = _hold(Path(f"{database}-writer.lock"), 1.0)
+        started = time.monotonic()
+        with ThreadPoolExecutor(1) as pool, gw.client() as other:
+            paying = pool.submit(cryptopay, other, access, body)
+            time.sleep(0.2)
+            asked = time.monotonic()
+            assert client.get("/public.rsa").status_code == 200
+            answered_in = time.monotonic() - asked
+            response = paying.result(30)
+        waited = time.monotonic() - started
+        holder.wait(10)
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "AUTH" and response.json()["invoiceID"] == invoice
+    assert waited > 0.6  # it waited for the other process's write
+    assert answered_in < 0.5  # while the event loop went on answering

@@ -96,11 +96,14 @@ def api_router() -> APIRouter:
 
 
 async def _expire_secure3d(rt: Runtime) -> None:
-    """Fail payments whose 3-D Secure time ran out; every worker may run this safely."""
+    """Fail payments whose 3-D Secure time ran out and settle what a crash left
+    unfinished (tolem.recovery, also once at start-up); every worker may run this safely."""
     from tolem.idempotency import sweep as idempotency_sweep
+    from tolem.recovery import interval_of, sweep_safely
     from tolem.secure3d.service import expire_stale
 
-    interval = max(1.0, min(15.0, rt.settings.secure3d_timeout / 4))
+    interval = interval_of(rt)
+    await run_in_threadpool(sweep_safely, rt)  # at start-up: what the last run left
     while True:
         await asyncio.sleep(interval)
         try:
@@ -110,6 +113,7 @@ async def _expire_secure3d(rt: Runtime) -> None:
             await run_in_threadpool(idempotency_sweep, rt)  # keys older than 24 hours
         except Exception:
             log.exception("3-D Secure expiry sweep failed; retrying")
+        await run_in_threadpool(sweep_safely, rt)  # logs its own failures
 
 
 def create_app(settings: Settings | None = None, *, prepare: bool = True) -> FastAPI:

@@ -14,6 +14,9 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: A velocity limit: ``ATTEMPTS/SECONDS``, or ``0`` (off).
+_VELOCITY = re.compile(r"0|([1-9][0-9]{0,8})/([1-9][0-9]{0,6})")
+
 _CSP_SOURCE = re.compile(
     r"'self'|'none'|\*|[a-z][a-z0-9+.-]*:|([a-z][a-z0-9+.-]*://)?[a-z0-9*.-]+(:([0-9]+|\*))?",
     re.IGNORECASE,
@@ -145,6 +148,25 @@ class Settings(BaseSettings):
         "sandbox mode and closed (403) in production mode.",
     )
 
+    velocity_ip: str = Field(
+        "",
+        description="Card-testing defence: payment attempts one client address may make "
+        "at one merchant per window, as `ATTEMPTS/SECONDS` (e.g. `20/600`); `0` turns it "
+        "off; empty: off in sandbox mode, `20/600` in production. Past it, reason 491.",
+    )
+    velocity_terminal: str = Field(
+        "",
+        description="Payment attempts one terminal may take per window, as "
+        "`ATTEMPTS/SECONDS`; `0` turns it off; empty: off in sandbox mode, `600/60` in "
+        "production. Past it, reason 491.",
+    )
+    velocity_card: str = Field(
+        "",
+        description="Payment attempts one card (by its fingerprint) may make at one "
+        "merchant per window, as `ATTEMPTS/SECONDS`; `0` turns it off; empty: off in "
+        "sandbox mode, `5/600` in production. Past it, reason 491.",
+    )
+
     @field_validator("rsa_key_bits")
     @classmethod
     def _key_bits(cls, value: int) -> int:
@@ -186,6 +208,16 @@ class Settings(BaseSettings):
                     f"{proxy!r} is not an IP address or network (or *), e.g. 127.0.0.1"
                 ) from None
         return ",".join(proxies)
+
+    @field_validator("velocity_ip", "velocity_terminal", "velocity_card")
+    @classmethod
+    def _velocity(cls, value: str) -> str:
+        value = value.strip()
+        if value and not _VELOCITY.fullmatch(value):
+            raise ValueError(
+                "must be ATTEMPTS/SECONDS (e.g. 20/600, a window of at most 9999999 s) or 0 (off)"
+            )
+        return value
 
     @field_validator("log_level")
     @classmethod

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from tolem.logs import request_id
 from tolem.wire import json_response
 
 log = logging.getLogger("tolem.errors")
@@ -92,7 +93,14 @@ def install_handlers(app: FastAPI) -> None:
 
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unhandled error: %s", type(exc).__name__)
-        return json_response({"code": 461, "message": "System error"}, status_code=500)
+        # Starlette answers an unhandled error from its outermost middleware, outside
+        # observability.RequestContext, which adds the header to every other answer: the
+        # id is still the request's (the same task), so it is added here.
+        rid = request_id.get()
+        headers = {"X-Request-ID": rid} if rid != "-" else None
+        return json_response(
+            {"code": 461, "message": "System error"}, status_code=500, headers=headers
+        )
 
     app.add_exception_handler(TolemError, tolem_error)
     app.add_exception_handler(RequestValidationError, validation_error)

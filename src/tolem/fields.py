@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import idna
 
+from tolem import carddata
+
 INVOICE_RE = re.compile(r"[0-9]{6,15}")  # ASCII digits: \d also takes "١٢٣"
 CURRENCY_RE = re.compile(r"[A-Z]{3}")
 MAX_AMOUNT = Decimal("999999999999.99")
@@ -103,6 +105,24 @@ def text(value: Any, field: str, *, max_length: int, required: bool = False) -> 
         raise FieldError(field, f"longer than {max_length} characters")
     if required and not result.strip():
         raise FieldError(field, "is required")
+    return result
+
+
+def free_text(value: Any, field: str, *, max_length: int, required: bool = False) -> str:
+    """Text a shop writes as it likes (a description, a name, ``data``): :func:`text`,
+    refused if it holds a card number (:func:`tolem.carddata.card_number_in`).
+
+    tolem never stores a card number, and a shop that sends one in free text has a bug
+    it should hear about, not a payment quietly rewritten; the answer shows the mask.
+    """
+    result = text(value, field, max_length=max_length, required=required)
+    pan = carddata.card_number_in(result)
+    if pan is not None:
+        raise FieldError(
+            field,
+            f"holds a card number ({carddata.mask(pan)}); tolem never stores card numbers,"
+            " send at most its mask",
+        )
     return result
 
 

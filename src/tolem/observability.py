@@ -2,9 +2,10 @@
 
 ``RequestContext`` is plain ASGI middleware, the outermost of the gateway's own: it gives
 each request an id (a sane ``X-Request-ID`` from the client, or a new one), echoes it in
-the answer, sets it in ``tolem.logs.request_id`` for every record logged while the request
-is handled, writes the access line at the end (with the duration), and counts the
-request by method, route template and status.
+the answer (a 500 gets it from ``tolem.errors``' handler: Starlette sends that one from
+outside this middleware), sets it in ``tolem.logs.request_id`` for every record logged
+while the request is handled, writes the access line at the end (with the duration),
+and counts the request by method, route template and status.
 
 What the metrics are, and why the payment and postLink figures are read from the
 database at scrape time, is in docs/operations.md.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from starlette.requests import Request
 
+from tolem import velocity
 from tolem.cards.vault import CardVault
 from tolem.config import Settings
 from tolem.db.engine import Database
@@ -37,6 +38,7 @@ class Runtime:
         db = Database(
             settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
+        velocity.install(db, settings)
         try:
             acquirer = load_acquirer(settings, db)
         except BaseException:

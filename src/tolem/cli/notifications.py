@@ -24,13 +24,14 @@ def worker(
         Mode | None, typer.Option(help="sandbox or production (env TOLEM_MODE).")
     ] = None,
 ) -> None:
-    """Deliver postLinks, without serving HTTP (run as many as the load needs)."""
+    """Deliver postLinks and run the recovery sweep, without serving HTTP."""
     from tolem.db.migrate import prepare_database
     from tolem.keys import KeyConfigError
     from tolem.logs import configure_logging
     from tolem.notifications.delivery import DeliveryWorker
     from tolem.processor import AcquirerConfigError
     from tolem.production import ProductionError
+    from tolem.recovery import keep_recovering
     from tolem.runtime import Runtime
 
     settings = _settings(database_url, mode=mode)
@@ -54,7 +55,14 @@ def worker(
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(signum, stop.set)
             console.print("tolem worker delivering postLinks", style="dim")
-            await DeliveryWorker(rt, name="tolem-worker").run(stop)
+            # The recovery sweep too (at start-up, then periodically): a deployment whose
+            # gateway processes all died still settles what they left unfinished.
+            recovering = asyncio.create_task(keep_recovering(rt, stop))
+            try:
+                await DeliveryWorker(rt, name="tolem-worker").run(stop)
+            finally:
+                stop.set()
+                await recovering
 
         asyncio.run(main())
     finally:

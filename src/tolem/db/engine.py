@@ -152,9 +152,19 @@ class Database:
         return self.engine.dialect.name == "sqlite"
 
     @contextmanager
-    def write(self) -> Iterator[Session]:
-        """A transaction that will write: commits on success, rolls back on error."""
-        with self._writer or nullcontext(), self._sessions() as session:
+    def write(self, *, wait: bool = True) -> Iterator[Session]:
+        """A transaction that will write: commits on success, rolls back on error.
+
+        ``wait=False``: raise :class:`WouldBlock` at once if another writer holds the
+        SQLite database, instead of waiting for it (see :meth:`transact`).
+        """
+        writer = self._writer
+        if writer is not None and not wait and not writer.try_enter():
+            raise WouldBlock
+        with (
+            (writer if wait else _Held(writer)) if writer else nullcontext(),
+            self._sessions() as session,
+        ):
             session.connection(execution_options={_WRITE: True})
             try:
                 yield session
@@ -162,6 +172,16 @@ class Database:
             except BaseException:
                 session.rollback()
                 raise
+
+    def transact(self, work: Callable[[Session], _T], *, wait: bool = True) -> _T:
+        """``work(session)`` in a write transaction, committed before this returns.
+
+        ``wait=False`` is for the event loop: on SQLite, if another writer holds the
+        database (a thread of this process, or another process), raise
+        :class:`WouldBlock` at once, before anything is done, instead of waiting.
+        """
+        with self.write(wait=wait) as session:
+            return work(session)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -192,6 +212,25 @@ def _locked() -> OperationalError:
     return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
 
 
+class WouldBlock(Exception):
+    """The work would wait (for another writer of the SQLite database, or for a network
+    call) and its caller, the event loop, asked not to: nothing was done, do it in a
+    thread."""
+
+
+class _Held:
+    """Releases, on exit, a writer lock taken with :meth:`_WriterLock.try_enter`."""
+
+    def __init__(self, lock: _WriterLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__()
+
+
 class _WriterLock:
     """The SQLite writer slot: one write transaction at a time in the process (a thread
     lock), and across processes (an advisory lock on ``path``), failing like SQLite
@@ -216,6 +255,24 @@ class _WriterLock:
                 self._depth -= 1
                 self._lock.release()
                 raise
+
+    def try_enter(self) -> bool:
+        """Take the lock if no other writer holds it, in this process or another."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        self._depth += 1
+        if self._depth == 1 and self._path is not None and fcntl is not None:
+            try:
+                self._take_file(deadline=0.0)
+            except OperationalError:  # another process writes
+                self._depth -= 1
+                self._lock.release()
+                return False
+            except BaseException:
+                self._depth -= 1
+                self._lock.release()
+                raise
+        return True
 
     def _take_file(self, deadline: float) -> None:
         assert fcntl is not None and self._path is not None

@@ -85,7 +85,7 @@ def _client(session: Session, form: Mapping[str, str]) -> str:
 
 def _scope(form: Mapping[str, str]) -> str:
     try:
-        scope = fields.text(first_field(form, "scope"), "scope", max_length=500).strip()
+        scope = fields.free_text(first_field(form, "scope"), "scope", max_length=500).strip()
     except fields.FieldError as exc:
         raise TokenError("invalid_request", str(exc)) from exc
     return " ".join(scope.split()) or USER_SCOPE

@@ -91,8 +91,12 @@ def issue(
             links = {"postLink": post_link, "failurePostLink": failure_post_link}
             if problem := merchants.link_problem(terminal, links):
                 raise TokenError("invalid_request", problem)
-        secret_hash = fields.text(first_field(form, "secret_hash"), "secret_hash", max_length=500)
-        scope = fields.text(first_field(form, "scope"), "scope", max_length=500).strip()
+        # Both are the shop's free text: secret_hash is stored with the payment and sent
+        # back in its postLink, scope is echoed. Neither may hold a card number.
+        secret_hash = fields.free_text(
+            first_field(form, "secret_hash"), "secret_hash", max_length=500
+        )
+        scope = fields.free_text(first_field(form, "scope"), "scope", max_length=500).strip()
     except fields.FieldError as exc:
         raise TokenError("invalid_request", str(exc)) from exc
 

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from sqlalchemy import literal, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tolem import reasons
 from tolem.db.base import Money, new_id, utcnow
@@ -197,10 +198,33 @@ def begin(
 
 
 def finish(session: Session, op: Operation, result: ProcessorResult) -> Transaction:
+    """Record the acquirer's answer, if the operation is still pending.
+
+    If another actor (the recovery sweep, or the request itself while a sweep ran)
+    finished it first, nothing changes: its outcome stands (the acquirer, asked with the
+    same reference, gave the same answer) and the transaction is returned as it stands.
+    """
+    return record(session, op, result)[0]
+
+
+def record(session: Session, op: Operation, result: ProcessorResult) -> tuple[Transaction, bool]:
+    """:func:`finish`, and whether this call recorded the outcome (False: one before it did)."""
     tx = session.get(Transaction, op.transaction_id, with_for_update=True, populate_existing=True)
     assert tx is not None
     now = utcnow()
     approved = result.approved
+    state = "done" if approved else "declined"
+    # The operation's own row decides who records it: a conditional update, after the
+    # transaction's row lock, so a second finisher sees it done and changes nothing.
+    taken = session.execute(
+        update(Operation)
+        .where(Operation.id == op.id, Operation.state == "pending")
+        .values(state=state, reason_code=result.reason_code, reference=result.rrn, finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if taken.rowcount != 1:  # type: ignore[attr-defined]
+        session.refresh(op)
+        return tx, False
     if op.kind == CHARGE:
         if approved:
             tx.status, tx.amount_charged = Status.CHARGE.value, op.amount
@@ -216,10 +240,13 @@ def finish(session: Session, op: Operation, result: ProcessorResult) -> Transact
             if tx.amount_refunded >= tx.amount_charged:
                 tx.status = Status.REFUND.value
     tx.updated_at = now
-    op.state = "done" if approved else "declined"
-    op.reason_code = result.reason_code
-    op.reference = result.rrn
-    op.finished_at = now
+    for key, value in (
+        ("state", state),
+        ("reason_code", result.reason_code),
+        ("reference", result.rrn),
+        ("finished_at", now),
+    ):
+        set_committed_value(op, key, value)  # as stored by the update above
     session.add(
         TransactionEvent(
             transaction_id=tx.id,
@@ -232,8 +259,8 @@ def finish(session: Session, op: Operation, result: ProcessorResult) -> Transact
     )
     if approved:
         notifications.enqueue(session, tx, event=op.kind)
-    log.info("%s %s of %s: %s", op.kind, op.amount, tx.id, "done" if approved else "declined")
-    return tx
+    log.info("%s %s of %s: %s", op.kind, op.amount, tx.id, state)
+    return tx, True
 
 
 def run(

@@ -125,7 +125,7 @@ async def _operation_input(request: Request) -> tuple[Decimal | None, str]:
     external = q.get("externalID") or q.get("externalId") or data.get("externalID") or ""
     try:
         amount = None if raw_amount in (None, "") else fields.amount(raw_amount)
-        external_id = fields.text(external, "externalID", max_length=100)
+        external_id = fields.free_text(external, "externalID", max_length=100)
     except fields.FieldError as exc:
         raise actions.OperationRefused(str(exc)) from exc
     return amount, external_id

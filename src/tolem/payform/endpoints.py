@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.responses import RedirectResponse, Response
 
-from tolem import carddata, fields, reasons
+from tolem import carddata, fields, reasons, velocity
 from tolem.errors import TolemError
 from tolem.merchants.models import Terminal
 from tolem.pages import TEXT, lang_of, render
@@ -161,7 +161,11 @@ def _pay(rt: Runtime, params: str, flags: _Flags, card: service.CardForm, ip: st
     try:
         tx = service.pay(rt, opened, card, checked_card, ip)
     except service.PageRefused as exc:
-        return _form(rt, opened, params, flags, card=card, error=f"{exc.code}: {exc.message}")
+        error = f"{exc.code}: {exc.message}"
+        if exc.code == velocity.REFUSED:  # the cardholder learns what to do, not a code
+            text = TEXT[lang_of(opened.request.order.language)]["msg_velocity"]
+            error = f"{text} ({error})"
+        return _form(rt, opened, params, flags, card=card, error=error)
     return RedirectResponse(_state_url(rt, tx, flags), status_code=303)
 
 

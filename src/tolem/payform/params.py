@@ -34,6 +34,8 @@ _TEXT_LIMITS = {
     "terminal": 36,
     "paymenttype": 32,
 }
+#: The fields a shop writes as it likes: none may hold a card number.
+_FREE_TEXT = frozenset({"description", "accountid", "email", "phone", "name", "data"})
 
 
 class ParamsError(ValueError):
@@ -128,9 +130,9 @@ def parse(pairs: dict[str, str]) -> PayformRequest:
 def _parse(pairs: dict[str, str]) -> PayformRequest:
     def text(name: str, *, required: bool = False) -> str:
         limit = _TEXT_LIMITS[name.lower()]
-        return fields.text(
-            pairs.get(name.lower(), ""), name, max_length=limit, required=required
-        ).strip()
+        # The shop's free text is refused if it holds a card number (fields.free_text).
+        read = fields.free_text if name.lower() in _FREE_TEXT else fields.text
+        return read(pairs.get(name.lower(), ""), name, max_length=limit, required=required).strip()
 
     payment_type = text("paymentType")
     verification = payment_type.lower() == CARD_VERIFICATION.lower()

@@ -77,6 +77,11 @@ class Transaction(Base):
             "id",
         ),
         Index("ix_transactions_merchant_invoice", "merchant_id", "invoice_id"),
+        # Velocity limits (tolem.velocity, migration 0011): one client address's and one
+        # card's payments of a window at one merchant. The card's index replaced the
+        # fingerprint's own, which no query used.
+        Index("ix_transactions_merchant_ip", "merchant_id", "ip", "created_at"),
+        Index("ix_transactions_merchant_card", "merchant_id", "card_fingerprint", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -110,7 +115,7 @@ class Transaction(Base):
 
     # Card: never the PAN, never the CVC.
     card_mask: Mapped[str] = mapped_column(String(32), default="")
-    card_fingerprint: Mapped[str] = mapped_column(String(64), default="", index=True)
+    card_fingerprint: Mapped[str] = mapped_column(String(64), default="")
     card_type: Mapped[str] = mapped_column(String(16), default="")
     issuer: Mapped[str] = mapped_column(String(100), default="")
     card_id: Mapped[str] = mapped_column(String(36), default="")

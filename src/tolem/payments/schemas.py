@@ -27,7 +27,12 @@ _TEXT_LIMITS = {
 
 
 class OrderBody(BaseModel):
-    """The order fields cryptopay and a saved-card payment share (EPAY.md sections 5, 7)."""
+    """The order fields cryptopay and a saved-card payment share (EPAY.md sections 5, 7).
+
+    The shop's free text (name, description, accountId, email, phone, data) is refused
+    if it holds a card number (:func:`tolem.fields.free_text`); invoiceId and
+    invoiceIdAlt are order numbers, 6 to 15 digits, and are not looked at that way.
+    """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -105,7 +110,7 @@ class OrderBody(BaseModel):
     @field_validator("name", "description", mode="before")
     @classmethod
     def _required_text(cls, value: Any, info: Any) -> str:
-        return fields.text(
+        return fields.free_text(
             value, info.field_name, max_length=_TEXT_LIMITS[info.field_name], required=True
         )
 
@@ -114,11 +119,16 @@ class OrderBody(BaseModel):
     def _data(cls, value: Any) -> str:
         if isinstance(value, dict | list):
             value = json.dumps(value, ensure_ascii=False, default=str)
-        return fields.text(value, "data", max_length=_TEXT_LIMITS["data"])
+        return fields.free_text(value, "data", max_length=_TEXT_LIMITS["data"])
 
-    @field_validator("account_id", "email", "phone", "terminal_id", "payment_type", mode="before")
+    @field_validator("account_id", "email", "phone", mode="before")
     @classmethod
     def _optional_text(cls, value: Any, info: Any) -> str:
+        return fields.free_text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name])
+
+    @field_validator("terminal_id", "payment_type", mode="before")
+    @classmethod
+    def _word(cls, value: Any, info: Any) -> str:
         return fields.text(value, info.field_name, max_length=_TEXT_LIMITS[info.field_name])
 
     @field_validator("post_link", "failure_post_link", mode="before")

@@ -1,6 +1,7 @@
 """Card payments: from a checked request to a final status.
 
-The order of work never holds a database transaction across a network call:
+The order of work never holds a database transaction across a network call. With an
+acquirer's connector (a live terminal):
 
 1. claim — one write transaction checks the terminal and inserts the transaction as
    NEW, taking the invoice (a unique constraint: concurrent claims of one invoice
@@ -9,6 +10,9 @@ The order of work never holds a database transaction across a network call:
    reference, outside any transaction;
 3. finish — one write transaction records the outcome, its history line and the
    postLink notification that announces it (the outbox): all of them or none.
+
+With the simulator (a test terminal, or the sandbox), which keeps its ledger in the same
+database and answers without a network call, the three steps are one transaction.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from tolem import carddata, reasons
+from tolem import carddata, reasons, velocity
 from tolem.cards import service as cards
 from tolem.cards.vault import CardVault
 from tolem.db.base import insert_row, utcnow
+from tolem.db.engine import WouldBlock
 from tolem.errors import API_ERROR, BadRequest, PaymentDeclined
 from tolem.merchants import service as merchants
 from tolem.merchants.models import Terminal
@@ -208,6 +213,7 @@ def claim(
         card_fingerprint=carddata.fingerprint(fingerprint_key, card.pan),
         card_type=carddata.brand(card.pan),
     )
+    velocity.check(session, tx)  # card-testing defence: 491 past a velocity limit
     try:
         session.execute(_INSERT_TRANSACTION, insert_row(tx))
     except IntegrityError:
@@ -263,7 +269,16 @@ def authorize(
     acquirer: Acquirer, tx: Transaction, terminal: Terminal, card: Card
 ) -> ProcessorResult | None:
     """Ask the acquirer; None when it could not be reached (the outcome is unknown)."""
-    request = AuthorizationRequest(
+    try:
+        return acquirer.authorize(authorization_request(tx, terminal, card))
+    except Exception:
+        log.exception("acquirer unreachable for transaction %s", tx.id)
+        return None
+
+
+def authorization_request(tx: Transaction, terminal: Terminal, card: Card) -> AuthorizationRequest:
+    """What the acquirer is asked for a claimed payment (its id is the reference)."""
+    return AuthorizationRequest(
         reference=tx.id,
         terminal_id=terminal.id,
         amount=tx.amount,
@@ -278,11 +293,6 @@ def authorize(
         language=tx.language,
         verify=tx.payment_type == CARD_VERIFICATION,
     )
-    try:
-        return acquirer.authorize(request)
-    except Exception:
-        log.exception("acquirer unreachable for transaction %s", tx.id)
-        return None
 
 
 def await_authentication(
@@ -386,16 +396,34 @@ def finish(
 
 
 def pay(
-    rt: Runtime, ctx: PaymentContext, order: PaymentOrder, card: Card, card_terminal: str
+    rt: Runtime,
+    ctx: PaymentContext,
+    order: PaymentOrder,
+    card: Card,
+    card_terminal: str,
+    *,
+    wait: bool = True,
 ) -> tuple[Transaction, Challenge | None]:
     """The payment core shared by cryptopay and the hosted page: claim, authorize, finish.
 
     Returns the transaction and, when the issuer wants 3-D Secure, its challenge (the
     payment then stays NEW). Raises :class:`BadRequest` for a refused order and
     :class:`PaymentDeclined` for a declined or unanswered payment.
+
+    On a test terminal the acquirer is the simulator, whose ledger lives in the same
+    database: the claim, the simulator's decision and the outcome (with its postLink)
+    then commit as one transaction, so a crash keeps all of it or none, and a payment
+    costs one commit instead of three. A connector is called between two transactions,
+    as the module's docstring says.
+
+    ``wait=False`` is for the event loop (cryptopay on SQLite): if the payment would
+    wait for another writer, or needs a connector's network call, it raises
+    :class:`~tolem.db.engine.WouldBlock` having kept nothing, to be run in a thread.
     """
     terminal_id = check_binding(ctx.token, order, card_terminal)
-    with rt.db.write() as session:
+    connector: list[Acquirer] = []  # the acquirer to call after the claim, if not the simulator
+
+    def claimed(session: Session) -> tuple[Transaction, Terminal, Challenge | None]:
         tx, terminal = claim(
             session,
             ctx,
@@ -406,29 +434,49 @@ def pay(
             vault=rt.vault,
             enforce_hosts=not rt.settings.is_sandbox,
         )
-    result = authorize(rt.acquirer_for(terminal), tx, terminal, card)
-    if result is None:
-        raise unreachable(tx)
+        acquirer = rt.acquirer_for(terminal)
+        if acquirer is not rt.simulator:
+            if not wait:  # no network call on the event loop: the claim is undone
+                raise WouldBlock
+            connector.append(acquirer)
+            return tx, terminal, None
+        # The simulator's ledger shares this transaction.
+        result = rt.simulator.authorize_within(session, authorization_request(tx, terminal, card))
+        done, challenge = _conclude(rt, session, tx, terminal, order, result)
+        return done, terminal, challenge
+
+    tx, terminal, challenge = rt.db.transact(claimed, wait=wait)
+    if connector:
+        answer = authorize(connector[0], tx, terminal, card)
+        if answer is None:
+            raise unreachable(tx)
+        tx, challenge = rt.db.transact(
+            lambda session: _conclude(rt, session, tx, terminal, order, answer)
+        )
+    if challenge is None and not succeeded(tx):
+        raise declined(tx)
+    return tx, challenge
+
+
+def _conclude(
+    rt: Runtime,
+    session: Session,
+    tx: Transaction,
+    terminal: Terminal,
+    order: PaymentOrder,
+    result: ProcessorResult,
+) -> tuple[Transaction, Challenge | None]:
+    """Record the acquirer's answer: a challenge to wait on, or the outcome."""
     if result.challenge is not None:
-        with rt.db.write() as session:
-            await_authentication(
-                session,
-                tx,
-                result.challenge,
-                timeout=rt.settings.secure3d_timeout,
-                capture=captures(tx, terminal),
-            )
-        return tx, result.challenge
-    with rt.db.write() as session:
-        tx = finish(
+        await_authentication(
             session,
             tx,
-            result,
-            capture=not terminal.two_step,
-            card_held=order.holds_card,
+            result.challenge,
+            timeout=rt.settings.secure3d_timeout,
+            capture=captures(tx, terminal),
         )
-    if not succeeded(tx):
-        raise declined(tx)
+        return tx, result.challenge
+    tx = finish(session, tx, result, capture=not terminal.two_step, card_held=order.holds_card)
     return tx, None
 
 

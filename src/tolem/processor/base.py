@@ -82,7 +82,13 @@ class AuthenticationRefused(Exception):
 
 
 class Acquirer(Protocol):
-    """What a real acquirer connector implements. The simulator is one."""
+    """What a real acquirer connector implements. The simulator is one.
+
+    A connector may also declare ``max_call_seconds`` (a number): the longest one call
+    to it can take, its own timeout. The recovery sweep (tolem.recovery) leaves a
+    payment or operation in progress alone for twice that plus 5 seconds before it
+    asks :meth:`inquire` (30 seconds are assumed when it is not declared).
+    """
 
     def authorize(self, request: AuthorizationRequest) -> ProcessorResult: ...
 

@@ -190,6 +190,17 @@ def _authorization(session: Session, reference: str) -> LedgerEntry | None:
     return session.get(LedgerEntry, f"{reference}/3ds") or session.get(LedgerEntry, reference)
 
 
+def _authorization_entry(request: AuthorizationRequest, code: int) -> LedgerEntry:
+    """The ledger row of a payment decided without 3-D Secure."""
+    return _settled(
+        request.reference,
+        _kind(request),
+        request.amount,
+        code,
+        issuer=ISSUERS.get(request.card.pan[:6], ""),
+    )
+
+
 def _settled(
     reference: str,
     kind: str,
@@ -243,14 +254,25 @@ class Simulator:
         code = decide(request.card)
         if needs_3ds(request.card, request.secure3d):
             return self._challenge(request, code)
-        entry = _settled(
-            request.reference,
-            _kind(request),
-            request.amount,
-            code,
-            issuer=ISSUERS.get(request.card.pan[:6], ""),
-        )
-        return self._record(entry)
+        return self._record(_authorization_entry(request, code))
+
+    def authorize_within(self, session: Session, request: AuthorizationRequest) -> ProcessorResult:
+        """:meth:`authorize` for a new reference, written in the caller's transaction.
+
+        The simulator keeps its ledger in the gateway's database, so a payment on a test
+        terminal can take its invoice, be decided and record its outcome in one
+        transaction: all of it is kept, or none (tolem.payments.service.pay). The
+        reference must be new to the ledger (a payment's own id, claimed in ``session``);
+        a repeated one fails the transaction with an IntegrityError.
+        """
+        code = decide(request.card)
+        if needs_3ds(request.card, request.secure3d):
+            pending, acs = self._challenge_rows(request, code)
+            session.add_all([pending, acs])
+            return self._challenge_result(acs)
+        entry = _authorization_entry(request, code)
+        session.execute(_INSERT_LEDGER, insert_row(entry))
+        return entry.result()
 
     def _challenge(self, request: AuthorizationRequest, code: int) -> ProcessorResult:
         """Hold the decision until the cardholder has answered the issuer's challenge."""
@@ -260,6 +282,21 @@ class Simulator:
             ).first()
             if existing is not None:
                 return self._challenge_result(existing)
+        pending, acs = self._challenge_rows(request, code)
+        try:
+            with self._db.write() as session:
+                session.add_all([pending, acs])
+        except IntegrityError:  # the same reference raced us: answer with its challenge
+            with self._db.read() as session:
+                acs = session.scalars(
+                    select(AcsSession).where(AcsSession.reference == request.reference)
+                ).one()
+        return self._challenge_result(acs)
+
+    def _challenge_rows(
+        self, request: AuthorizationRequest, code: int
+    ) -> tuple[LedgerEntry, AcsSession]:
+        """The pending ledger row (holding the decision) and the ACS's challenge."""
         md = _md()
         pa_req = self._pa_req.seal(
             {
@@ -282,15 +319,7 @@ class Simulator:
             reason_code=code,  # the decision, applied once the cardholder has passed
             issuer=ISSUERS.get(request.card.pan[:6], ""),
         )
-        try:
-            with self._db.write() as session:
-                session.add_all([pending, acs])
-        except IntegrityError:  # the same reference raced us: answer with its challenge
-            with self._db.read() as session:
-                acs = session.scalars(
-                    select(AcsSession).where(AcsSession.reference == request.reference)
-                ).one()
-        return self._challenge_result(acs)
+        return pending, acs
 
     def _challenge_result(self, acs: AcsSession) -> ProcessorResult:
         return ProcessorResult(
