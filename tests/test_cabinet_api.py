@@ -7,9 +7,11 @@ import hashlib
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,10 +28,12 @@ from tests.support import (
     new_invoice,
     payment_body,
     query,
+    start_gateway,
     token,
 )
 from tolem import sandbox
 from tolem.cabinet.models import CabinetSession
+from tolem.cabinet.users import MAX_FAILED_LOGINS
 
 SCOPE = "webapi usermanagement email_send verification statement statistics payment"
 PASSWORD = "right-pass-1"
@@ -955,3 +959,38 @@ def test_search_needs_a_user_token(gateway: Gateway) -> None:
         refused = search(client, service, window(), path="/api/operations")
         assert refused.status_code == 403
         assert refused.json()["message"].startswith("POST /operations needs a cabinet user's token")
+
+
+#: Wrong passwords sent at once in one burst.
+BURST = 20
+
+
+def test_a_burst_of_wrong_passwords_through_three_processes_checks_three_at_most(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Guesses sent at once through three server processes (the scale-out issue found
+    it): at most MAX_FAILED_LOGINS wrong passwords are ever checked before the account
+    locks; the others of a burst are answered as wrong without a check. Before, all 20
+    of a burst were checked on PostgreSQL (and a right one among them logged in)."""
+    with start_gateway(tmp_path, database_url, workers=3) as gw:
+        email = new_user(gw)
+        limits = httpx.Limits(max_connections=BURST)
+        locked = False
+        with gw.client(limits=limits) as client, ThreadPoolExecutor(BURST) as pool:
+            for burst in range(10):
+                answers = list(pool.map(lambda i: grant(client, email, f"wrong-{i}"), range(BURST)))
+                messages = {a.json()["message"] for a in answers}
+                assert {a.status_code for a in answers} == {401}, messages
+                assert all(m == "invalid username or password" or "locked" in m for m in messages)
+                [(failed,)] = query(
+                    gw.database_url,
+                    "SELECT failed_logins FROM cabinet_users WHERE email = :e",
+                    e=email,
+                )
+                assert failed <= MAX_FAILED_LOGINS, f"burst {burst}: {failed} checked"
+                if failed == MAX_FAILED_LOGINS:
+                    locked = True
+                    break
+            assert locked, "the account never locked"
+            right = grant(client, email, PASSWORD)
+            assert right.status_code == 401 and "locked" in right.json()["message"], right.text

@@ -30,6 +30,7 @@ from tolem.cabinet.sessions import (
 )
 from tolem.cabinet.users import (
     LOCK_TIME,
+    MAX_FAILED_LOGINS,
     SANDBOX_EMAIL,
     SANDBOX_PASSWORD,
     LoginResult,
@@ -103,19 +104,33 @@ def test_a_right_password_resets_the_count(db: Database) -> None:
         assert log_in(session, SANDBOX_EMAIL, "wrong-pass").result is LoginResult.WRONG
 
 
-def test_concurrent_wrong_passwords_each_count(db: Database) -> None:
+def test_concurrent_wrong_passwords_are_checked_one_at_a_time(db: Database) -> None:
+    """Attempts at once: each one is checked and counted, or answered as wrong without a
+    check while another holds the account; a burst never gets more than three checks,
+    and three checked wrong ones lock it."""
+    results: list[LoginResult] = []
+
     def attempt() -> None:
         with db.write() as session:
-            log_in(session, SANDBOX_EMAIL, "wrong-pass")
+            results.append(log_in(session, SANDBOX_EMAIL, "wrong-pass").result)
 
-    threads = [threading.Thread(target=attempt) for _ in range(3)]
+    threads = [threading.Thread(target=attempt) for _ in range(10)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    assert set(results) <= {LoginResult.WRONG, LoginResult.LOCKED} and len(results) == 10
     with db.read() as session:
         user = find_user(session, SANDBOX_EMAIL)
-        assert user is not None and user.failed_logins == 3 and user.locked_until is not None
+        assert user is not None and 1 <= user.failed_logins <= MAX_FAILED_LOGINS
+        counted = user.failed_logins
+    for _ in range(MAX_FAILED_LOGINS - counted):
+        with db.write() as session:
+            log_in(session, SANDBOX_EMAIL, "wrong-pass")
+    with db.read() as session:
+        user = find_user(session, SANDBOX_EMAIL)
+        assert user is not None and user.failed_logins == MAX_FAILED_LOGINS
+        assert user.locked_until is not None
 
 
 def test_unknown_email_and_wrong_password_get_one_answer(db: Database) -> None:

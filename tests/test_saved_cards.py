@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import base64
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests import secure3d_support as s3d
-from tests.support import TERMINAL, Gateway, new_invoice, pay, query, token
+from tests.support import (
+    TERMINAL,
+    Gateway,
+    cryptopay,
+    new_invoice,
+    pay,
+    payment_body,
+    query,
+    start_gateway,
+    token,
+)
 from tolem.cards.vault import CardVault, SealedCard
 
 VISA = ("4405639704015096", "0125", "815")
 DECLINED = ("5578342710750560", "0920", "254")
+#: Payments of one customer saving one card at once, and how many times.
+PARALLEL_SAVES = 10
+SAVE_ROUNDS = 4
 
 
 def _saved(gw: Gateway, card_id: str) -> list[tuple[str, str, str, str]]:
@@ -218,3 +233,39 @@ def test_cards_need_a_service_token_and_the_customers_account(gateway: Gateway) 
             headers={"Authorization": f"Bearer {tok}"},
         )  # fmt: skip
         assert (no_account.status_code, no_account.json()["code"]) == (400, 477)
+
+
+def test_one_customer_saving_one_card_at_once_keeps_one_card(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Orders of one customer paid at once with one card, each saving it, through three
+    server processes (the scale-out issue found it): one cardID, one saved card."""
+    with start_gateway(tmp_path, database_url, workers=3) as gw:
+        for _ in range(SAVE_ROUNDS):
+            account = f"at-once-{new_invoice()}"
+            pairs = []
+            with gw.client() as client:
+                for _ in range(PARALLEL_SAVES):
+                    invoice = new_invoice()
+                    tok = token(client, invoice=invoice)["access_token"]
+                    body = payment_body(gw, invoice, accountId=account, cardSave=True)
+                    pairs.append((tok, body))
+            limits = httpx.Limits(max_connections=PARALLEL_SAVES)
+            with gw.client(limits=limits) as racing, ThreadPoolExecutor(PARALLEL_SAVES) as pool:
+                answers = list(pool.map(lambda pair: cryptopay(racing, *pair), pairs))
+            assert [a.status_code for a in answers] == [200] * PARALLEL_SAVES, [
+                a.text for a in answers
+            ]
+            card_ids = {a.json()["cardID"] for a in answers}
+            active = query(
+                database_url,
+                "SELECT id FROM saved_cards WHERE account_id = :a AND state = 'active'",
+                a=account,
+            )
+            assert (len(card_ids), len(active)) == (1, 1), (card_ids, active)
+            assert card_ids == {active[0].id}
+            # The cards the other payments held were dropped, none left pending.
+            [(held,)] = query(
+                database_url, "SELECT count(*) FROM saved_cards WHERE account_id = :a", a=account
+            )
+            assert held == 1

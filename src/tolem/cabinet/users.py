@@ -78,10 +78,27 @@ def find_user(session: Session, email: str) -> CabinetUser | None:
 
 def log_in(session: Session, email: str, password: str, now: datetime | None = None) -> Login:
     """Check a password. Three wrong ones in a row lock the account for LOCK_TIME; while
-    it is locked even the right password is refused. Concurrent wrong attempts count
-    each (one UPDATE adds one), so a burst cannot slip past the limit."""
+    it is locked even the right password is refused.
+
+    One login of an account is checked at a time, in every process: the check takes the
+    account's row (PostgreSQL: ``FOR UPDATE SKIP LOCKED``; SQLite writes one transaction
+    at a time already). An attempt that finds another one holding it is answered as a
+    wrong password, after the same work, without being checked or counted. Otherwise
+    a burst of guesses sent at once (through several servers) was checked in full
+    before the lock, which then came too late: 20 wrong ones counted 20, and a right
+    one among them logged in."""
     now = now or utcnow()
     user = find_user(session, email)
+    if user is not None:
+        user = session.scalars(
+            select(CabinetUser)
+            .where(CabinetUser.id == user.id)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)  # as it is now, not as first read
+        ).first()
+        if user is None:  # another login of this account is being checked
+            verify_password(None, password)
+            return Login(LoginResult.WRONG)
     if user is not None and user.locked_until is not None and user.locked_until > now:
         verify_password(None, password)  # the same work as a real check
         return Login(LoginResult.LOCKED, locked_until=user.locked_until)

@@ -9,7 +9,9 @@ sealed card is deleted.
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select, update
+import hashlib
+
+from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from tolem.cards.models import CardState, SavedCard
@@ -57,6 +59,7 @@ def settle(session: Session, tx: Transaction, *, approved: bool) -> str:
         session.delete(pending)  # nothing of a failed payment's card is kept
         return ""
     # The same customer saving the same card again gets the card id they already have.
+    _one_owner_at_a_time(session, tx)
     existing = session.scalars(
         select(SavedCard).where(
             SavedCard.merchant_id == tx.merchant_id,
@@ -71,6 +74,26 @@ def settle(session: Session, tx: Transaction, *, approved: bool) -> str:
     pending.state = CardState.ACTIVE.value
     pending.updated_at = utcnow()
     return pending.id
+
+
+def _one_owner_at_a_time(session: Session, tx: Transaction) -> None:
+    """Make settles of one customer's card (merchant, account, card) wait for each other
+    until commit, so that the second one sees the card the first one kept.
+
+    Without it, payments of one customer with one card decided at once in several
+    processes each found no active card and each kept its own: one card, several
+    cardIDs. PostgreSQL: a transaction-level advisory lock (each statement of READ
+    COMMITTED reads what committed before it, so the lookup after the wait sees the
+    winner's card). SQLite writes one transaction at a time already.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    owner = "\0".join(("tolem-saved-card", tx.merchant_id, tx.account_id, tx.card_fingerprint))
+    key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:8], "big", signed=True)
+    session.execute(_ADVISORY_LOCK, {"key": key})
+
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 def active_card(session: Session, merchant_id: str, card_id: str) -> SavedCard | None:

@@ -368,8 +368,9 @@ def update_terminal(
 
 def rotate_secret(session: Session, merchant_id: str, old_digest: str) -> str | None:
     """A new ClientSecret for the merchant, stored only as salt and digest; the old one
-    stops working with this transaction's commit. None if the stored secret is no longer
-    ``old_digest`` (rotated meanwhile): one confirmation rotates at most once."""
+    stops working with this transaction's commit in this process, and within a second in
+    the others (their :class:`~tolem.db.engine.Directory`). None if the stored secret is
+    no longer ``old_digest`` (rotated meanwhile): one confirmation rotates at most once."""
     secret = secrets.token_urlsafe(32)
     salt = secrets.token_hex(16)
     done = session.execute(
