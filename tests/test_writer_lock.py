@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tests.support import cryptopay, new_invoice, pay, payment_body, start_gateway, token
 from tolem.db.engine import Database, WouldBlock
+from tolem.merchants.service import SANDBOX_TERMINAL_ID
 
 HOLD = """
 import fcntl, os, sys, time
@@ -174,11 +176,11 @@ def test_a_writer_that_will_not_wait_rolls_back_its_own_failure(db: Database) ->
         assert session.execute(text("SELECT n FROM t")).scalars().all() == [6]
 
 
-def test_a_payment_waits_in_a_thread_for_another_process_and_the_loop_stays_free(
+def test_a_payment_waits_for_another_process_and_the_loop_stays_free(
     tmp_path: Path,
 ) -> None:
-    """cryptopay on SQLite pays on the event loop when the writer is free, and in a
-    thread when another process writes: it waits there, and the loop answers others."""
+    """cryptopay on SQLite pays on the event loop; while another process writes it
+    waits for it without holding the loop, which answers other requests meanwhile."""
     database = tmp_path / "g.db"
     (tmp_path / "gw").mkdir()
     with start_gateway(tmp_path / "gw", f"sqlite:///{database}") as gw, gw.client() as client:
@@ -201,3 +203,41 @@ def test_a_payment_waits_in_a_thread_for_another_process_and_the_loop_stays_free
     assert response.json()["status"] == "AUTH" and response.json()["invoiceID"] == invoice
     assert waited > 0.6  # it waited for the other process's write
     assert answered_in < 0.5  # while the event loop went on answering
+
+
+def test_a_payment_on_the_loop_gives_up_like_sqlite_after_the_busy_timeout(
+    tmp_path: Path,
+) -> None:
+    from tests.test_atomic_payment import CARD, _context, _order
+    from tolem.config import Settings
+    from tolem.db.migrate import prepare_database
+    from tolem.payments import endpoints
+    from tolem.runtime import Runtime
+
+    rt = Runtime.start(Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'p.db'}"))
+    try:
+        prepare_database(rt.db, sandbox=True)
+        assert rt.db._writer is not None
+        rt.db._writer.timeout = 0.5
+        invoice = new_invoice()
+        holder = _hold(tmp_path / "p.db-writer.lock", 3)
+        try:
+            started = time.monotonic()
+            with pytest.raises(OperationalError, match="database is locked"):
+                asyncio.run(
+                    endpoints._pay_on_the_loop(
+                        rt, _context(rt, invoice), _order(invoice), CARD, SANDBOX_TERMINAL_ID
+                    )
+                )
+            assert 0.4 < time.monotonic() - started < 2.5
+        finally:
+            holder.kill()
+            holder.wait(10)
+        tx, _ = asyncio.run(
+            endpoints._pay_on_the_loop(
+                rt, _context(rt, invoice), _order(invoice), CARD, SANDBOX_TERMINAL_ID
+            )
+        )
+        assert tx.status == "AUTH"  # nothing of the first attempt was kept: its invoice is free
+    finally:
+        rt.close()

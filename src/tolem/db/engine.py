@@ -148,6 +148,11 @@ class Database:
         self._writer = _WriterLock(_lock_file(self.engine)) if self.is_sqlite else None
 
     @property
+    def busy_timeout(self) -> float:
+        """Seconds a writer waits for another before it fails (SQLite)."""
+        return self._writer.timeout if self._writer is not None else BUSY_TIMEOUT
+
+    @property
     def is_sqlite(self) -> bool:
         return self.engine.dialect.name == "sqlite"
 
@@ -155,12 +160,12 @@ class Database:
     def write(self, *, wait: bool = True) -> Iterator[Session]:
         """A transaction that will write: commits on success, rolls back on error.
 
-        ``wait=False``: raise :class:`WouldBlock` at once if another writer holds the
+        ``wait=False``: raise :class:`WriterBusy` at once if another writer holds the
         SQLite database, instead of waiting for it (see :meth:`transact`).
         """
         writer = self._writer
         if writer is not None and not wait and not writer.try_enter():
-            raise WouldBlock
+            raise WriterBusy
         with (
             (writer if wait else _Held(writer)) if writer else nullcontext(),
             self._sessions() as session,
@@ -178,7 +183,7 @@ class Database:
 
         ``wait=False`` is for the event loop: on SQLite, if another writer holds the
         database (a thread of this process, or another process), raise
-        :class:`WouldBlock` at once, before anything is done, instead of waiting.
+        :class:`WriterBusy` at once, before anything is done, instead of waiting.
         """
         with self.write(wait=wait) as session:
             return work(session)
@@ -208,7 +213,7 @@ def _lock_file(engine: Engine) -> str | None:
     return f"{os.path.abspath(database)}-writer.lock"
 
 
-def _locked() -> OperationalError:
+def database_locked() -> OperationalError:
     return OperationalError("BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked"))
 
 
@@ -216,6 +221,10 @@ class WouldBlock(Exception):
     """The work would wait (for another writer of the SQLite database, or for a network
     call) and its caller, the event loop, asked not to: nothing was done, do it in a
     thread."""
+
+
+class WriterBusy(WouldBlock):
+    """Another writer holds the SQLite database: nothing was done; try again shortly."""
 
 
 class _Held:
@@ -246,7 +255,7 @@ class _WriterLock:
     def __enter__(self) -> None:
         deadline = time.monotonic() + self.timeout
         if not self._lock.acquire(timeout=self.timeout):
-            raise _locked()
+            raise database_locked()
         self._depth += 1
         if self._depth == 1 and self._path is not None and fcntl is not None:
             try:
@@ -285,7 +294,7 @@ class _WriterLock:
                 return
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise _locked() from None
+                    raise database_locked() from None
             time.sleep(pause)
             pause = min(pause * 2, 0.002)
 
