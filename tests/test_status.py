@@ -119,3 +119,21 @@ def test_an_invoice_on_another_terminal_of_the_merchant_is_109(gateway: Gateway)
         assert (charge.status_code, charge.json()["message"]) == (400, "transaction not found")
         own = _status(client, token(client, terminal=second)["access_token"], invoice)
         assert own.json()["transaction"]["terminalID"] == second
+
+
+def test_status_shows_the_newest_payment_of_an_invoice_paid_again(gateway: Gateway) -> None:
+    """A declined invoice may be paid again: check-status shows the newest attempt, and
+    finds it by the invoice however many other payments the merchant has."""
+    with gateway.client() as client:
+        service_token = token(client)["access_token"]
+        invoice = new_invoice()
+        attempts = []
+        for card in (
+            ("5578342710750560", "0920", "254"),  # declined, 484: the invoice is free again
+            ("4405639704015096", "0125", "815"),
+        ):
+            tok = token(client, invoice=invoice)["access_token"]
+            attempts.append(cryptopay(client, tok, payment_body(gateway, invoice, card=card)))
+        assert [a.status_code for a in attempts] == [400, 200], attempts[-1].text
+        tx = _status(client, service_token, invoice).json()["transaction"]
+        assert (tx["id"], tx["statusName"]) == (attempts[1].json()["id"], "AUTH")

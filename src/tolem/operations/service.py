@@ -31,14 +31,13 @@ class Lookup:
 
 
 # Built once: every status check runs it, and building a statement costs more than
-# running it.
-_BY_INVOICE = (
-    select(Transaction)
-    .where(
-        Transaction.merchant_id == bindparam("merchant_id"),
-        Transaction.invoice_id == bindparam("invoice_id"),
-    )
-    .order_by(Transaction.created_at.desc())
+# running it. No ORDER BY: an invoice has a payment or a few, sorted below. With
+# "ORDER BY created_at" SQLite's planner walked the merchant's every payment through
+# ix_transactions_merchant_created to skip a sort, instead of looking the invoice up
+# (check-status slowed down as payments accumulated: BENCHMARKS.md, "Third round").
+_BY_INVOICE = select(Transaction).where(
+    Transaction.merchant_id == bindparam("merchant_id"),
+    Transaction.invoice_id == bindparam("invoice_id"),
 )
 
 
@@ -46,9 +45,13 @@ def by_invoice(session: Session, token: AccessToken, invoice_id: str) -> Lookup:
     """The newest payment of this invoice on the token's terminal, scoped to its merchant."""
     if not token.terminal_id:
         return Lookup(NO_TERMINAL)
-    found = session.scalars(
-        _BY_INVOICE, {"merchant_id": token.merchant_id, "invoice_id": invoice_id}
-    ).all()
+    found = sorted(
+        session.scalars(
+            _BY_INVOICE, {"merchant_id": token.merchant_id, "invoice_id": invoice_id}
+        ).all(),
+        key=lambda tx: (tx.created_at, tx.id),
+        reverse=True,  # the newest first
+    )
     if not found:
         return Lookup(NOT_FOUND)
     on_terminal = [tx for tx in found if tx.terminal_id == token.terminal_id]
