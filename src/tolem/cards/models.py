@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import ForeignKey, Index, String, Text
+from sqlalchemy import ForeignKey, Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tolem.db.base import Base, UTCDateTime, new_id, utcnow
@@ -27,6 +27,13 @@ class SavedCard(Base):
     __tablename__ = "saved_cards"
     __table_args__ = (
         Index("ix_saved_cards_owner", "merchant_id", "account_id", "card_fingerprint"),
+        # The recovery sweep's cards held by a payment (migration 0013).
+        Index(
+            "ix_saved_cards_pending",
+            "transaction_id",
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)  # cardID

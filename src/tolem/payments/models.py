@@ -16,6 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
     column,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -82,6 +83,14 @@ class Transaction(Base):
         # fingerprint's own, which no query used.
         Index("ix_transactions_merchant_ip", "merchant_id", "ip", "created_at"),
         Index("ix_transactions_merchant_card", "merchant_id", "card_fingerprint", "created_at"),
+        # The recovery sweep's payments left NEW (migration 0013): a partial index holds
+        # only those, so the sweep reads a handful of rows, not every payment.
+        Index(
+            "ix_transactions_new",
+            "created_at",
+            sqlite_where=text("status = 'NEW'"),
+            postgresql_where=text("status = 'NEW'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -169,7 +178,16 @@ class Operation(Base):
 
     __tablename__ = "operations"
     # The dashboard's refunds of a day (migration 0010).
-    __table_args__ = (Index("ix_operations_kind_finished", "kind", "finished_at"),)
+    __table_args__ = (
+        Index("ix_operations_kind_finished", "kind", "finished_at"),
+        # The recovery sweep's pending operations (migration 0013).
+        Index(
+            "ix_operations_pending",
+            "created_at",
+            sqlite_where=text("state = 'pending'"),
+            postgresql_where=text("state = 'pending'"),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
