@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import ValidationError
-from sqlalchemy import update
+from sqlalchemy import event, update
 
 from tests.payform_support import element, params_of, payform_link, payment_object, submit
 from tests.support import (
@@ -341,15 +341,20 @@ def test_a_malformed_limit_is_refused_at_start(value: str) -> None:
         Settings(velocity_card=value)
 
 
-def test_with_limits_off_nothing_is_kept_for_the_check(tmp_path: Path) -> None:
-    """Off costs one dictionary look-up: no limits are installed for the database."""
+def test_with_limits_off_the_check_runs_no_query(tmp_path: Path) -> None:
+    """Off costs nothing: the claim's check returns before any statement."""
     db = Database(f"sqlite:///{tmp_path / 'off.db'}")
+    statements: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    tx = Transaction(merchant_id="m", terminal_id="t", ip="127.0.0.1", card_fingerprint="f")
     try:
-        assert velocity.install(db, Settings()).off
-        assert db.engine not in velocity._installed
-        velocity.install(db, Settings(velocity_ip="1/1"))
-        assert velocity.installed(db).ip == velocity.Limit(1, 1)
-        velocity.install(db, Settings(velocity_ip="0"))
-        assert velocity.installed(db).off and db.engine not in velocity._installed
+        off = velocity.Limits.from_settings(Settings())
+        assert off.off
+        with db.write() as session:
+            statements.clear()
+            velocity.check(session, tx, off)
+            assert statements == []
+        assert velocity.Limits.from_settings(Settings(velocity_ip="1/1")).ip == velocity.Limit(1, 1)
+        assert velocity.Limits.from_settings(Settings(velocity_ip="0")).off
     finally:
         db.dispose()

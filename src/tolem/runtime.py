@@ -27,6 +27,7 @@ class Runtime:
     vault: CardVault
     simulator: Simulator
     acquirer: Acquirer | None  # the live connector; None in sandbox mode
+    velocity_limits: velocity.Limits  # the card-testing defence's limits (all off in sandbox)
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -38,7 +39,8 @@ class Runtime:
         db = Database(
             settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
         )
-        velocity.install(db, settings)
+        limits = velocity.Limits.from_settings(settings)
+        limits.announce()
         try:
             acquirer = load_acquirer(settings, db)
         except BaseException:
@@ -57,6 +59,7 @@ class Runtime:
                 challenge_seconds=settings.secure3d_timeout,
             ),
             acquirer=acquirer,
+            velocity_limits=limits,
         )
 
     def acquirer_for(self, terminal: Terminal) -> Acquirer:

@@ -29,32 +29,27 @@ module's (migration 0011; the second replaced the fingerprint's own index, which
 query used), the terminal's count reads the cabinet's ``ix_transactions_merchant_created``
 (merchant, created_at, id), walking the merchant's payments of the window.
 
-``claim()`` gets a session, not the settings: :func:`install` keeps a database's
-limits by its engine, and :func:`check` finds them from the session. With every limit
-off nothing is kept and the check is one dictionary look-up.
+The runtime builds the gateway's :class:`Limits` from its settings
+(:meth:`Limits.from_settings`) and the claim passes them to :func:`check`; with every
+limit off the check returns at once.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, cast
-from weakref import WeakKeyDictionary
+from typing import Any, cast
 
-from sqlalchemy import Engine, Select, Table, bindparam, func, literal_column, select, text
+from sqlalchemy import Select, Table, bindparam, func, literal_column, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import Label
 
 from tolem import reasons
 from tolem.config import Settings
-from tolem.db.base import utcnow
+from tolem.db.base import advisory_lock_key, lock_until_commit, utcnow
 from tolem.errors import BadRequest
 from tolem.payments.models import Transaction
-
-if TYPE_CHECKING:
-    from tolem.db.engine import Database
 
 log = logging.getLogger("tolem.velocity")
 
@@ -71,7 +66,6 @@ _COLUMNS = {
     "terminal": _TRANSACTIONS.c.terminal_id,
     "card": _TRANSACTIONS.c.card_fingerprint,
 }
-_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
 
 
 @dataclass(frozen=True)
@@ -125,6 +119,11 @@ class Limits:
     def off(self) -> bool:
         return not self.items()
 
+    def announce(self) -> None:
+        """Log the limits that are on (once, at start-up)."""
+        for kind, limit in self.items():
+            log.info("velocity limit %s: %s attempts per %s s", kind, limit.attempts, limit.seconds)
+
 
 def _count_of(kind: str, limit: Limit) -> Label[int]:
     """The attempts of one key within its window, counted up to the limit."""
@@ -141,40 +140,22 @@ def _count_of(kind: str, limit: Limit) -> Label[int]:
     return select(func.count()).select_from(recent).scalar_subquery().label(kind)
 
 
-_installed: WeakKeyDictionary[Engine, Limits] = WeakKeyDictionary()
-
-
-def install(db: Database, settings: Settings) -> Limits:
-    """Limit the payments claimed on ``db`` as ``settings`` say (kept by its engine)."""
-    limits = Limits.from_settings(settings)
-    if limits.off:
-        _installed.pop(db.engine, None)
-    else:
-        _installed[db.engine] = limits
-    for kind, limit in limits.items():
-        log.info("velocity limit %s: %s attempts per %s s", kind, limit.attempts, limit.seconds)
-    return limits
-
-
-def installed(db: Database) -> Limits:
-    """The limits payments on ``db`` meet (all off when none were installed)."""
-    return _installed.get(db.engine) or Limits()
-
-
-def check(session: Session, tx: Transaction) -> None:
+def check(session: Session, tx: Transaction, limits: Limits) -> None:
     """Refuse the payment being claimed (491) if one of its keys reached its limit.
 
     Called by the claim in its write transaction, before the payment's row is inserted.
     """
-    limits = _installed.get(session.bind)  # type: ignore[arg-type]
-    if limits is None:  # every limit off
+    if limits.off:
         return
     values = {"ip": tx.ip, "terminal": tx.terminal_id, "card": tx.card_fingerprint}
-    active = [(kind, limit) for kind, limit in limits.items() if values[kind]]
+    active = [kind for kind, _limit in limits.items() if values[kind]]
     if not active:
         return
-    if session.bind is not None and session.bind.dialect.name == "postgresql":
-        _lock(session, tx.merchant_id, [(kind, values[kind]) for kind, _ in active])
+    # PostgreSQL: queue behind the other claims of the same keys until commit.
+    lock_until_commit(
+        session,
+        *(advisory_lock_key("velocity", tx.merchant_id, kind, values[kind]) for kind in active),
+    )
     now = utcnow()
     params: dict[str, object] = {"merchant_id": tx.merchant_id}
     for kind, limit in limits.items():
@@ -204,19 +185,3 @@ def check(session: Session, tx: Transaction) -> None:
                 reference="",
                 accountId=tx.account_id,
             )
-
-
-def _lock(session: Session, merchant_id: str, keys: list[tuple[str, str]]) -> None:
-    """PostgreSQL: queue behind the other claims of the same keys until commit."""
-    numbers = sorted({_lock_key(merchant_id, kind, value) for kind, value in keys})
-    for number in numbers:  # one order for every claim: no deadlock between them
-        session.execute(_LOCK, {"key": number})
-
-
-def _lock_key(merchant_id: str, kind: str, value: str) -> int:
-    """A signed 64-bit advisory lock number for one key (a collision only queues two
-    unrelated claims)."""
-    digest = hashlib.blake2b(
-        f"{merchant_id}\0{kind}\0{value}".encode(), digest_size=8, person=b"tolem-velocity"
-    ).digest()
-    return int.from_bytes(digest, "big", signed=True)

@@ -9,14 +9,12 @@ sealed card is deleted.
 
 from __future__ import annotations
 
-import hashlib
-
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from tolem.cards.models import CardState, SavedCard
 from tolem.cards.vault import CardVault, SealedCard
-from tolem.db.base import new_id, utcnow
+from tolem.db.base import advisory_lock_key, lock_until_commit, new_id, utcnow
 from tolem.payments.models import Transaction
 from tolem.processor.base import Card
 
@@ -86,14 +84,10 @@ def _one_owner_at_a_time(session: Session, tx: Transaction) -> None:
     COMMITTED reads what committed before it, so the lookup after the wait sees the
     winner's card). SQLite writes one transaction at a time already.
     """
-    if session.get_bind().dialect.name != "postgresql":
-        return
-    owner = "\0".join(("tolem-saved-card", tx.merchant_id, tx.account_id, tx.card_fingerprint))
-    key = int.from_bytes(hashlib.sha256(owner.encode()).digest()[:8], "big", signed=True)
-    session.execute(_ADVISORY_LOCK, {"key": key})
-
-
-_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+    lock_until_commit(
+        session,
+        advisory_lock_key("saved-card", tx.merchant_id, tx.account_id, tx.card_fingerprint),
+    )
 
 
 def active_card(session: Session, merchant_id: str, card_id: str) -> SavedCard | None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, MetaData, String, inspect
+from sqlalchemy import BigInteger, DateTime, MetaData, String, inspect, text
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, Session
 from sqlalchemy.types import TypeDecorator
 
 NAMING = {
@@ -123,3 +124,24 @@ def insert_row(obj: DeclarativeBase) -> dict[str, Any]:
         setattr(obj, key, value)
         row[column_key] = value
     return row
+
+
+_ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")
+
+
+def advisory_lock_key(*parts: str) -> int:
+    """A signed 64-bit PostgreSQL advisory lock number for a key made of ``parts`` (a
+    collision only makes two unrelated transactions wait for each other)."""
+    digest = hashlib.blake2b("\0".join(parts).encode(), digest_size=8, person=b"tolem-lock")
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
+def lock_until_commit(session: Session, *keys: int) -> None:
+    """PostgreSQL: wait for, then hold until commit, the advisory locks ``keys`` (taken in
+    ascending order, so that two transactions taking some of the same cannot deadlock).
+    Other databases write one transaction at a time: nothing to do."""
+    bind = session.get_bind()
+    if bind.dialect.name != "postgresql":
+        return
+    for key in sorted(set(keys)):
+        session.execute(_ADVISORY_LOCK, {"key": key})
