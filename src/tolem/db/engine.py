@@ -163,11 +163,8 @@ class Database:
         ``wait=False``: raise :class:`WriterBusy` at once if another writer holds the
         SQLite database, instead of waiting for it (see :meth:`transact`).
         """
-        writer = self._writer
-        if writer is not None and not wait and not writer.try_enter():
-            raise WriterBusy
         with (
-            (writer if wait else _Held(writer)) if writer else nullcontext(),
+            self._writer.held(wait) if self._writer else nullcontext(),
             self._sessions() as session,
         ):
             session.connection(execution_options={_WRITE: True})
@@ -227,19 +224,6 @@ class WriterBusy(WouldBlock):
     """Another writer holds the SQLite database: nothing was done; try again shortly."""
 
 
-class _Held:
-    """Releases, on exit, a writer lock taken with :meth:`_WriterLock.try_enter`."""
-
-    def __init__(self, lock: _WriterLock) -> None:
-        self._lock = lock
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.__exit__()
-
-
 class _WriterLock:
     """The SQLite writer slot: one write transaction at a time in the process (a thread
     lock), and across processes (an advisory lock on ``path``), failing like SQLite
@@ -253,37 +237,39 @@ class _WriterLock:
         self._depth = 0  # writes open in the thread that holds the lock
 
     def __enter__(self) -> None:
-        deadline = time.monotonic() + self.timeout
-        if not self._lock.acquire(timeout=self.timeout):
+        if not self._take(self.timeout):
             raise database_locked()
-        self._depth += 1
-        if self._depth == 1 and self._path is not None and fcntl is not None:
-            try:
-                self._take_file(deadline)
-            except BaseException:
-                self._depth -= 1
-                self._lock.release()
-                raise
 
-    def try_enter(self) -> bool:
-        """Take the lock if no other writer holds it, in this process or another."""
-        if not self._lock.acquire(blocking=False):
+    @contextmanager
+    def held(self, wait: bool) -> Iterator[None]:
+        """The lock for one write; ``wait=False``: :class:`WriterBusy` at once if another
+        writer holds it, in this process or another."""
+        if not self._take(self.timeout if wait else 0.0):
+            raise database_locked() if wait else WriterBusy
+        try:
+            yield
+        finally:
+            self.__exit__()
+
+    def _take(self, timeout: float) -> bool:
+        """Take both locks within ``timeout`` seconds (0: only if both are free now)."""
+        deadline = time.monotonic() + timeout
+        if not self._lock.acquire(timeout=timeout):
             return False
         self._depth += 1
-        if self._depth == 1 and self._path is not None and fcntl is not None:
-            try:
-                self._take_file(deadline=0.0)
-            except OperationalError:  # another process writes
+        if self._depth > 1 or self._path is None or fcntl is None:
+            return True  # re-entered, or no other process can write
+        taken = False
+        try:
+            taken = self._take_file(deadline)
+        finally:
+            if not taken:  # another process kept the file (or waiting failed)
                 self._depth -= 1
                 self._lock.release()
-                return False
-            except BaseException:
-                self._depth -= 1
-                self._lock.release()
-                raise
-        return True
+        return taken
 
-    def _take_file(self, deadline: float) -> None:
+    def _take_file(self, deadline: float) -> bool:
+        """The lock file, polled until ``deadline``; False if another process kept it."""
         assert fcntl is not None and self._path is not None
         if self._fd is None:
             self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -291,10 +277,10 @@ class _WriterLock:
         while True:
             try:
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
+                return True
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise database_locked() from None
+                    return False
             time.sleep(pause)
             pause = min(pause * 2, 0.002)
 

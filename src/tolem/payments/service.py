@@ -423,9 +423,12 @@ def pay(
     :class:`~tolem.db.engine.WouldBlock` having kept nothing, to be run in a thread.
     """
     terminal_id = check_binding(ctx.token, order, card_terminal)
-    connector: list[Acquirer] = []  # the acquirer to call after the claim, if not the simulator
 
-    def claimed(session: Session) -> tuple[Transaction, Terminal, Challenge | None]:
+    def claimed(
+        session: Session,
+    ) -> tuple[Transaction, Terminal, Challenge | None, Acquirer | None]:
+        """The claim; on a test terminal the whole payment. The last item is the
+        connector still to be called, if any."""
         tx, terminal = claim(
             session,
             ctx,
@@ -441,16 +444,15 @@ def pay(
         if acquirer is not rt.simulator:
             if not wait:  # no network call on the event loop: the claim is undone
                 raise WouldBlock
-            connector.append(acquirer)
-            return tx, terminal, None
+            return tx, terminal, None, acquirer
         # The simulator's ledger shares this transaction.
         result = rt.simulator.authorize_within(session, authorization_request(tx, terminal, card))
         done, challenge = _conclude(rt, session, tx, terminal, order, result)
-        return done, terminal, challenge
+        return done, terminal, challenge, None
 
-    tx, terminal, challenge = rt.db.transact(claimed, wait=wait)
-    if connector:
-        answer = authorize(connector[0], tx, terminal, card)
+    tx, terminal, challenge, connector = rt.db.transact(claimed, wait=wait)
+    if connector is not None:
+        answer = authorize(connector, tx, terminal, card)
         if answer is None:
             raise unreachable(tx)
         tx, challenge = rt.db.transact(
