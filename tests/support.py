@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tolem.client._helpers import encrypt_json as encrypt
-from tolem.testing import free_port
+from tolem.testing import free_port, wait_ready
 
 CLIENT_ID = "test"
 CLIENT_SECRET = "yF587AV9Ms94qN2QShFzVR3vFnWkhjbAK3sG"
@@ -129,7 +128,7 @@ def start_gateway(
         )
     gw = Gateway(f"http://127.0.0.1:{port}", database_url, data_dir, log_path, process)
     try:
-        _wait_ready(gw)
+        wait_ready(gw.base_url, gw.process, gw.log_path, timeout=60)
         yield gw
     finally:
         process.terminate()
@@ -138,20 +137,6 @@ def start_gateway(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _wait_ready(gw: Gateway, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gw.process.poll() is not None:
-            raise RuntimeError(f"tolem serve exited:\n{gw.log_text()}")
-        try:
-            if httpx.get(f"{gw.base_url}/public.rsa", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"tolem serve did not become ready:\n{gw.log_text()}")
 
 
 def token(

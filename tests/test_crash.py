@@ -58,6 +58,7 @@ from tests.support import (
 )
 from tolem.db.engine import Database
 from tolem.merchants.service import create_merchant
+from tolem.testing import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = (sys.executable, "-m", "tolem", "serve", "--host", "127.0.0.1", "--workers", "1")
@@ -130,17 +131,7 @@ class Server:
                 start_new_session=True,  # its own process group: SIGKILL reaches all of it
             )
         self.starts += 1
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"tolem serve exited:\n{self.log()[-4000:]}")
-            try:
-                if httpx.get(f"{self.base_url}/public.rsa", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"tolem serve did not become ready:\n{self.log()[-4000:]}")
+        wait_ready(self.base_url, self.process, self.log_path, timeout=60)
 
     def kill(self) -> None:
         assert self.process is not None

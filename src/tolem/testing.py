@@ -271,7 +271,7 @@ def running_gateway(
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(url, process, log_path, startup_timeout)
+            wait_ready(url, process, log_path, startup_timeout)
             m = SANDBOX_MERCHANT
             with EpayClient(
                 url, client_id=m.client_id, client_secret=m.client_secret, terminal_id=m.terminal_id
@@ -286,7 +286,9 @@ def running_gateway(
                 process.wait()
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    """Wait until the `tolem serve` at ``url`` answers; fail with its log if it exits or
+    does not answer within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
