@@ -11,6 +11,7 @@ starts).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import signal
@@ -90,6 +91,10 @@ class Worker:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def delivering(self) -> bool:
+        """Whether it has started (its log says so: tolem.cli.notifications)."""
+        return "tolem worker delivering postLinks" in self.log_text()
 
     def cpu_seconds(self) -> float | None:
         """CPU time the process has used so far (Linux), to tell a busy loop from a wait."""
@@ -430,6 +435,14 @@ def test_three_workers_deliver_each_postlink_exactly_once(
     with running_receiver() as receiver, workers_for(gw, tmp_path, receiver) as workers:
         backlog = payments_for_receiver(gw, receiver, 75, "ok")
         running = [workers.start() for _ in range(3)]
+        # All three compete only once all three run (a loaded machine starts them slowly).
+        wait_until(
+            lambda: all(w.delivering() for w in running),
+            timeout=30,
+            what="three workers started",
+            alive=running,
+            explain=workers.explain,
+        )
         # More arrive while the three compete for the backlog.
         take_payments(gw, 75, lambda invoice: receiver.url(f"/ok/{invoice}"))
         rows = notifications(gw)
@@ -472,6 +485,83 @@ def test_three_workers_deliver_each_postlink_exactly_once(
 
 
 # --- 3. a polite stop ------------------------------------------------------------------
+
+
+def test_worker_stopped_while_starting_exits_cleanly(own_gateway: Gateway, tmp_path: Path) -> None:
+    """SIGTERM while the worker still starts (here: waiting for the database) ends it
+    at once with exit code 0, not with a death by the signal."""
+    gw = own_gateway
+    with (
+        running_receiver() as receiver,
+        workers_for(gw, tmp_path, receiver) as workers,
+        database_held(gw) as waiting_for_it,
+    ):
+        worker = workers.start()
+        wait_until(
+            lambda: waiting_for_it(worker.pid),
+            timeout=30,
+            what="the worker waiting for the database",
+            alive=[worker],
+            explain=workers.explain,
+        )
+        assert not worker.delivering()
+        seconds = stop_politely(worker)
+        assert worker.process.returncode == 0, worker.log_text()
+        assert seconds < 5
+        assert "stopped before it started delivering" in worker.log_text()
+        assert "Traceback" not in worker.log_text()
+
+
+@contextmanager
+def database_held(gw: Gateway) -> Iterator[Callable[[int], bool]]:
+    """Hold the gateway database's writer slot; yields "is process ``pid`` waiting for it?"
+
+    SQLite: the lock file every writer of the database takes first (tolem.db.engine);
+    a process waits for it with the file open. PostgreSQL: the schema lock every
+    migrator takes (tolem.db.migrate); a waiting process shows in pg_stat_activity.
+    """
+    if backend_of(gw) == "sqlite":
+        path = gw.database_url.removeprefix("sqlite:///") + "-writer.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+
+            def opened(pid: int) -> bool:
+                fds = Path(f"/proc/{pid}/fd")
+                with contextlib.suppress(OSError):
+                    return any(os.readlink(link) == path for link in fds.iterdir())
+                return False
+
+            yield opened
+        finally:
+            os.close(fd)
+        return
+    import psycopg
+
+    from tolem.db.migrate import SCHEMA_LOCK
+
+    url = gw.database_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watcher:
+        holder.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK,))
+
+        def waiting(pid: int) -> bool:
+            # A backend of the worker's (its client port belongs to pid) waiting on a lock.
+            rows = watcher.execute(
+                "SELECT client_port FROM pg_stat_activity "
+                "WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'"
+            ).fetchall()
+            ports = {row[0] for row in rows}
+            return bool(ports & _client_ports(pid))
+
+        yield waiting
+
+
+def _client_ports(pid: int) -> set[int]:
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        return {c.laddr.port for c in psutil.Process(pid).net_connections(kind="tcp")}
+    return set()
 
 
 @pytest.mark.slow

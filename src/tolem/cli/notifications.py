@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 from typing import Annotated, Any
 
@@ -13,8 +14,47 @@ from rich.table import Table
 from tolem.cli import DatabaseUrl, _data_dir, _migrated, _settings, app, console, merchant_app
 from tolem.config import Mode
 
+log = logging.getLogger("tolem.worker")
+
 notifications_app = typer.Typer(no_args_is_help=True, help="postLink notifications.")
 app.add_typer(notifications_app, name="notifications")
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _StoppedWhileStarting(BaseException):  # not caught by `except Exception`
+    """SIGINT or SIGTERM arrived before the worker started delivering."""
+
+
+class _StopRequests:
+    """SIGINT and SIGTERM from the first line of ``tolem worker`` on.
+
+    While the worker starts (imports, keys, migrations, possibly waiting for another
+    writer of the database) a stop request interrupts the start at once: nothing is in
+    flight yet, and a process manager or a test that stops a worker still starting gets
+    a clean exit (0) instead of a death by signal. Once the event loop runs, its own
+    handlers take over; a request that arrives in between, or after the loop has closed,
+    is only remembered.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.starting = True
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        self.requested = True
+        if self.starting:
+            raise _StoppedWhileStarting
+
+    def started(self) -> None:
+        self.starting = False
+
+    def restore(self) -> None:
+        """After the event loop closed (it resets the handlers to the defaults)."""
+        for signum in _STOP_SIGNALS:
+            signal.signal(signum, self._on_signal)
 
 
 @app.command()
@@ -25,6 +65,14 @@ def worker(
     ] = None,
 ) -> None:
     """Deliver postLinks and run the recovery sweep, without serving HTTP."""
+    stops = _StopRequests()
+    try:
+        _work(database_url, mode, stops)
+    except _StoppedWhileStarting:
+        console.print("tolem worker stopped before it started delivering", style="dim")
+
+
+def _work(database_url: str | None, mode: Mode | None, stops: _StopRequests) -> None:
     from tolem.db.migrate import prepare_database
     from tolem.keys import KeyConfigError
     from tolem.logs import configure_logging
@@ -52,9 +100,12 @@ def worker(
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in _STOP_SIGNALS:
                 loop.add_signal_handler(signum, stop.set)
-            console.print("tolem worker delivering postLinks", style="dim")
+            stops.started()
+            if stops.requested:  # asked between the start and the loop's handlers
+                stop.set()
+            log.info("tolem worker delivering postLinks")
             # The recovery sweep too (at start-up, then periodically): a deployment whose
             # gateway processes all died still settles what they left unfinished.
             recovering = asyncio.create_task(keep_recovering(rt, stop))
@@ -65,6 +116,7 @@ def worker(
                 await recovering
 
         asyncio.run(main())
+        stops.restore()  # a second request while closing is not a death by signal
     finally:
         rt.close()
 

@@ -16,7 +16,7 @@ log = logging.getLogger("tolem.db")
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 # Any constant: the PostgreSQL advisory lock that serialises migrators and seeders.
-_SCHEMA_LOCK = 0x746F6C656D  # "tolem"
+SCHEMA_LOCK = 0x746F6C656D  # "tolem"
 
 
 def serialise(connection: Connection) -> None:
@@ -26,7 +26,7 @@ def serialise(connection: Connection) -> None:
     (BEGIN IMMEDIATE) already queues them; PostgreSQL needs an advisory lock.
     """
     if connection.dialect.name == "postgresql":
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK})
 
 
 def alembic_config(db: Database) -> Config:
