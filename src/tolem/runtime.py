@@ -37,7 +37,9 @@ class Runtime:
             check_settings(settings)
         keys = load_keyring(settings)
         db = Database(
-            settings.effective_database_url, sqlite_synchronous=settings.sqlite_synchronous
+            settings.effective_database_url,
+            sqlite_synchronous=settings.sqlite_synchronous,
+            background_checkpoints=True,
         )
         limits = velocity.Limits.from_settings(settings)
         limits.announce()

@@ -21,6 +21,7 @@ sleeps up to 100 ms between tries; the kernel lets go of it when a process dies.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -34,10 +35,12 @@ try:
 except ImportError:  # not on Windows: writers in other processes meet on the busy timeout
     fcntl = None  # type: ignore[assignment]
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger("tolem.db")
 
 _T = TypeVar("_T")
 _WRITE = "tolem_write"
@@ -46,7 +49,15 @@ _WRITE = "tolem_write"
 BUSY_TIMEOUT = 30
 
 
-def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int = 20) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    sqlite_synchronous: str = "NORMAL",
+    pool_size: int = 20,
+    sqlite_autocheckpoint: bool = True,
+) -> Engine:
+    """``sqlite_autocheckpoint=False``: this engine's connections never checkpoint the
+    WAL themselves (a :class:`Checkpointer` does it in the background)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url,
@@ -55,7 +66,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int 
             max_overflow=pool_size * 2,
             hide_parameters=True,  # a failed statement's values stay out of the logs
         )
-        _configure_sqlite(engine, sqlite_synchronous)
+        _configure_sqlite(engine, sqlite_synchronous, autocheckpoint=sqlite_autocheckpoint)
         return engine
     return create_engine(
         url,
@@ -66,7 +77,7 @@ def make_engine(url: str, *, sqlite_synchronous: str = "NORMAL", pool_size: int 
     )
 
 
-def _configure_sqlite(engine: Engine, synchronous: str) -> None:
+def _configure_sqlite(engine: Engine, synchronous: str, *, autocheckpoint: bool) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # The driver's own transaction handling is turned off; the "begin" hook
@@ -77,6 +88,8 @@ def _configure_sqlite(engine: Engine, synchronous: str) -> None:
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT * 1000}")
+        if not autocheckpoint:
+            cursor.execute("PRAGMA wal_autocheckpoint=0")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -135,9 +148,21 @@ class Directory:
 class Database:
     """The engine plus the two kinds of unit of work the services use."""
 
-    def __init__(self, url: str, *, sqlite_synchronous: str = "NORMAL") -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        sqlite_synchronous: str = "NORMAL",
+        background_checkpoints: bool = False,
+    ) -> None:
+        """``background_checkpoints``: on a SQLite file, a :class:`Checkpointer` thread
+        checkpoints the WAL instead of the writers (for a serving process)."""
         self.url = url
-        self.engine = make_engine(url, sqlite_synchronous=sqlite_synchronous)
+        path = _database_file(url)
+        background = background_checkpoints and path is not None
+        self.engine = make_engine(
+            url, sqlite_synchronous=sqlite_synchronous, sqlite_autocheckpoint=not background
+        )
         #: Merchants and terminals as tokens and payments read them (see Directory).
         self.directory = Directory()
         self._sessions = sessionmaker(
@@ -146,6 +171,9 @@ class Database:
         # Re-entrant: a write opened inside another in the same thread behaves as it
         # did without the lock (it waits on SQLite's busy timeout, then fails).
         self._writer = _WriterLock(_lock_file(self.engine)) if self.is_sqlite else None
+        self._checkpointer: Checkpointer | None = None
+        if background and path is not None and self._writer is not None:
+            self._checkpointer = Checkpointer(path, self._writer, synchronous=sqlite_synchronous)
 
     @property
     def busy_timeout(self) -> float:
@@ -196,18 +224,107 @@ class Database:
             yield session
 
     def dispose(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop()
         self.engine.dispose()
         if self._writer is not None:
             self._writer.close()
 
 
+def _database_file(url: str) -> str | None:
+    """The file of a SQLite URL; None for another database or one in memory."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database:
+        return None
+    if database == ":memory:" or database.startswith("file:"):
+        return None
+    return os.path.abspath(database)
+
+
 def _lock_file(engine: Engine) -> str | None:
     """Where the processes sharing this SQLite file queue their writers; None for a
     database in memory (no other process can open it)."""
-    database = engine.url.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return f"{os.path.abspath(database)}-writer.lock"
+    path = _database_file(engine.url.render_as_string(hide_password=False))
+    return None if path is None else f"{path}-writer.lock"
+
+
+class Checkpointer:
+    """SQLite's WAL checkpoints in a thread of their own, off the writers' path.
+
+    By default the writer whose commit takes the WAL past 1,000 pages copies them into
+    the database file and syncs it, inside its COMMIT: on the event loop that stopped
+    every request for several milliseconds every few dozen payments (BENCHMARKS.md,
+    "Fourth round"). Here the serving process's connections never checkpoint
+    (``wal_autocheckpoint=0``); this thread does, every ``interval`` seconds, with a
+    connection of its own. The sqlite3 module lets go of the GIL while SQLite works, so
+    the copy and the sync run beside the event loop.
+
+    A PASSIVE checkpoint does not stop writers; but while writers keep appending, the
+    WAL cannot start again from its beginning and its file grows. When the WAL holds
+    more than ``restart_pages`` pages after a checkpoint, the next one is taken with the
+    writer slot held (writers wait for it, as they waited for the inline checkpoint), so
+    it completes and the next writer starts the WAL over.
+
+    Nothing about durability changes: a checkpoint moves committed pages from the WAL
+    into the database file. If this process dies, the next connection to open the
+    database (or another process's checkpointer) carries on from the WAL.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        writer: _WriterLock,
+        *,
+        synchronous: str = "NORMAL",
+        interval: float = 0.1,
+        restart_pages: int = 10_000,
+    ) -> None:
+        self.path = path
+        self.interval = interval
+        self.restart_pages = restart_pages
+        self.checkpoints = 0  # how many ran (for tests and the curious)
+        self._writer = writer
+        self._synchronous = synchronous
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name="tolem-sqlite-checkpointer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        connection: sqlite3.Connection | None = None
+        held = False  # whether the next checkpoint takes the writer slot
+        while not self._stop.wait(self.interval):
+            try:
+                if connection is None:
+                    connection = sqlite3.connect(
+                        self.path, isolation_level=None, check_same_thread=False
+                    )
+                    connection.execute(f"PRAGMA synchronous={self._synchronous}")
+                    connection.execute("PRAGMA busy_timeout=0")
+                if held:
+                    with self._writer.held(wait=True):
+                        _busy, pages, _done = self.checkpoint(connection)
+                else:
+                    _busy, pages, _done = self.checkpoint(connection)
+                held = pages > self.restart_pages
+            except Exception:  # a bad moment (the file locked, moved): try again later
+                log.warning("WAL checkpoint of %s failed", self.path, exc_info=True)
+                held = False
+        if connection is not None:
+            connection.close()
+
+    def checkpoint(self, connection: sqlite3.Connection) -> tuple[int, int, int]:
+        """(busy, pages in the WAL, pages checkpointed), as SQLite's pragma answers."""
+        row = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.checkpoints += 1
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=10)
 
 
 def database_locked() -> OperationalError:
