@@ -138,7 +138,8 @@ class Transaction(Base):
     # 3-D Secure: while NEW with an MD, the payment waits for the cardholder's answer,
     # until three_ds_expires_at (then it fails with 473).
     three_ds_md: Mapped[str | None] = mapped_column(String(64), unique=True)
-    three_ds_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    # expire_stale finds these through ix_transactions_new (migration 0014).
+    three_ds_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # The challenge itself, so that the hosted page can send the cardholder to the ACS
     # again after a reload (both are public: they travel through the browser anyway).
     three_ds_pa_req: Mapped[str] = mapped_column(Text, default="", server_default="")
