@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from tolem import wire
 from tolem.db.base import insert_row, utcnow
+from tolem.db.direct import Direct
 from tolem.merchants.models import Merchant
 from tolem.notifications.body import postlink_body
 from tolem.notifications.models import (
@@ -28,7 +29,7 @@ from tolem.notifications.models import (
 )
 from tolem.payments.models import Status, Transaction
 
-_INSERT_NOTIFICATION = insert(cast(Table, Notification.__table__))
+_INSERT_NOTIFICATION = Direct(insert(cast(Table, Notification.__table__)))
 
 #: The default retry schedule: seconds after each failed attempt, then give up.
 DEFAULT_SCHEDULE = (10.0, 60.0, 300.0, 1800.0, 7200.0, 21600.0, 86400.0)
@@ -62,7 +63,7 @@ def enqueue(session: Session, tx: Transaction, *, event: str = "payment") -> Not
         created_at=now,
     )
     # A Core insert, now: the ORM's unit of work would cost more than the statement.
-    session.execute(_INSERT_NOTIFICATION, insert_row(notification))
+    _INSERT_NOTIFICATION.execute(session, insert_row(notification))
     return notification
 
 

@@ -32,6 +32,7 @@ from tolem import carddata, reasons, velocity
 from tolem.cards import service as cards
 from tolem.cards.vault import CardVault
 from tolem.db.base import insert_row, utcnow
+from tolem.db.direct import Direct
 from tolem.db.engine import WouldBlock
 from tolem.errors import API_ERROR, BadRequest, PaymentDeclined
 from tolem.merchants import service as merchants
@@ -53,16 +54,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tolem.payments")
 
-# The payment path writes with Core statements on the tables: the ORM's unit of work
-# cost more CPU than the statements themselves (BENCHMARKS.md).
+# The payment path writes with Core statements on the tables, run on the driver's cursor
+# (tolem.db.direct): the ORM's unit of work, then SQLAlchemy's execution machinery, cost
+# more CPU than the statements themselves (BENCHMARKS.md).
 _TRANSACTIONS = cast(Table, Transaction.__table__)
 _EVENTS = cast(Table, TransactionEvent.__table__)
-_INSERT_TRANSACTION = insert(_TRANSACTIONS)
-_INSERT_EVENT = insert(_EVENTS)
+_INSERT_TRANSACTION = Direct(insert(_TRANSACTIONS))
+_INSERT_EVENT = Direct(insert(_EVENTS))
 #: The outcome, if the payment is still NEW; what to set comes with the parameters.
-_FINISH = update(_TRANSACTIONS).where(
-    _TRANSACTIONS.c.id == bindparam("where_id"),
-    _TRANSACTIONS.c.status == bindparam("where_status"),
+_FINISH = Direct(
+    update(_TRANSACTIONS).where(
+        _TRANSACTIONS.c.id == bindparam("where_id"),
+        _TRANSACTIONS.c.status == bindparam("where_status"),
+    )
 )
 
 #: Reason codes of a failed 3-D Secure check: such a payment ends with status "3D".
@@ -217,7 +221,7 @@ def claim(
     if limits is not None:
         velocity.check(session, tx, limits)  # card-testing defence: 491 past a limit
     try:
-        session.execute(_INSERT_TRANSACTION, insert_row(tx))
+        _INSERT_TRANSACTION.execute(session, insert_row(tx))
     except IntegrityError:
         raise _reject(
             f"invoice {body.invoice_id} is already used on this terminal "
@@ -243,8 +247,8 @@ def _event(tx: Transaction, kind: str, detail: str = "") -> TransactionEvent:
 
 def add_event(session: Session, tx: Transaction, kind: str, detail: str = "") -> None:
     """Write a history line now (a Core insert of the row: no object, nothing to flush)."""
-    session.execute(
-        _INSERT_EVENT,
+    _INSERT_EVENT.execute(
+        session,
         {
             "transaction_id": tx.id,
             "at": utcnow(),
@@ -370,8 +374,8 @@ def finish(
             "updated_at": now,
         }
     session.flush()  # changes made to tx in this session go first, as the ORM would order them
-    done = session.execute(_FINISH, {**values, "where_id": tx.id, "where_status": Status.NEW.value})
-    if done.rowcount != 1:  # type: ignore[attr-defined]
+    done = _FINISH.execute(session, {**values, "where_id": tx.id, "where_status": Status.NEW.value})
+    if done != 1:
         current = session.get(Transaction, tx.id, populate_existing=True)
         if current is None or current.status == Status.NEW.value:
             raise BadRequest("transaction is no longer in progress", code=469)

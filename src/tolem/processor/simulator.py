@@ -27,6 +27,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tolem import carddata
 from tolem.db.base import Base, Money, UTCDateTime, insert_row, utcnow
+from tolem.db.direct import Direct
 from tolem.db.engine import Database
 from tolem.processor import cards
 from tolem.processor.base import (
@@ -80,7 +81,7 @@ class LedgerEntry(Base):
         )
 
 
-_INSERT_LEDGER = insert(cast(Table, LedgerEntry.__table__))
+_INSERT_LEDGER = Direct(insert(cast(Table, LedgerEntry.__table__)))
 
 
 class AcsSession(Base):
@@ -271,7 +272,7 @@ class Simulator:
             session.add_all([pending, acs])
             return self._challenge_result(acs)
         entry = _authorization_entry(request, code)
-        session.execute(_INSERT_LEDGER, insert_row(entry))
+        _INSERT_LEDGER.execute(session, insert_row(entry))
         return entry.result()
 
     def _challenge(self, request: AuthorizationRequest, code: int) -> ProcessorResult:
@@ -420,7 +421,7 @@ class Simulator:
         reference = entry.reference
         try:
             with self._db.write() as session:
-                session.execute(_INSERT_LEDGER, insert_row(entry))
+                _INSERT_LEDGER.execute(session, insert_row(entry))
                 result = entry.result()
         except IntegrityError:  # a repeated call, or a concurrent one that won
             with self._db.read() as session:
