@@ -168,3 +168,25 @@ def test_real_answers_match_the_documented_schemas(gateway: Gateway) -> None:
         _check(
             schema, "/operations", "post", client.post("/operations", json=search, headers=service)
         )
+
+
+def test_plain_routes_answer_as_fastapis_did(gateway: Gateway) -> None:
+    """token and cryptopay are served by Starlette routes in front of FastAPI's
+    (tolem.app._serve_plainly): the same answers to the wrong method, to a preflight,
+    under every prefix, and the same route label in the metrics."""
+    with gateway.client() as client:
+        for path in ("/oauth2/token", "/epay2/oauth2/token", "/payment/cryptopay"):
+            wrong = client.get(path)
+            assert wrong.status_code == 405, (path, wrong.text)
+            assert "POST" in wrong.headers["allow"]
+            preflight = client.options(
+                path,
+                headers={"Origin": "https://shop.kz", "Access-Control-Request-Method": "POST"},
+            )
+            assert preflight.status_code == 200, path
+            assert preflight.headers["access-control-allow-origin"] == "*"
+        unauthorized = client.post("/api/payment/cryptopay", json={})
+        assert unauthorized.status_code == 401, unauthorized.text
+        assert "invoiceId" in unauthorized.json()  # a payment error carries invoice fields
+        metrics = client.get("/metrics").text
+    assert 'route="/api/payment/cryptopay",status="401"' in metrics

@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tolem import __version__, openapi, wire
@@ -169,6 +170,7 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
     app.include_router(cabinet_dashboard_router)
     app.include_router(cabinet_notifications_router)
     app.include_router(cabinet_terminals_router)
+    _serve_plainly(app)
     # Shops call the token endpoint and the API from browser pages.
     app.add_middleware(Idempotency)  # inside the body limit: bodies are already bounded
     app.add_middleware(
@@ -183,6 +185,41 @@ def create_app(settings: Settings | None = None, *, prepare: bool = True) -> Fas
         app.add_middleware(StrictTransport)  # pages: https only, behind the TLS proxy
     install_monitoring(app, settings)  # last: its middleware is the outermost
     return app
+
+
+class _PlainRoute(Route):
+    """A Starlette route that names itself in the scope, as FastAPI's routes do (the
+    metrics label requests with its path: tolem.observability)."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match is not Match.NONE:
+            child["route"] = self
+        return match, child
+
+
+def _serve_plainly(app: FastAPI) -> None:
+    """Serve the busiest endpoints, token and cryptopay, without FastAPI's request handling.
+
+    Both read the request themselves (no parameters, no dependencies) and return a
+    Response, so FastAPI's handler (solving an empty set of dependencies, routing
+    through the included routers) only cost CPU: about a tenth of a payment's
+    (BENCHMARKS.md, "Fourth round"). A Starlette route for each path, first in the list,
+    serves them; the exception handlers apply as before (Starlette's route wrapper calls
+    the same ones). FastAPI's routes stay behind them for /openapi.json.
+    """
+    from tolem.oauth.endpoints import token
+    from tolem.payments.endpoints import cryptopay
+
+    plain = [
+        _PlainRoute(f"{prefix}{path}", endpoint, methods=["POST"], name=endpoint.__name__)
+        for path, endpoint, prefixes in (
+            ("/oauth2/token", token, ("", "/epay2")),
+            ("/payment/cryptopay", cryptopay, ("", "/api")),
+        )
+        for prefix in prefixes
+    ]
+    app.router.routes[:0] = plain
 
 
 def worker_app() -> FastAPI:
