@@ -175,7 +175,7 @@ def test_plain_routes_answer_as_fastapis_did(gateway: Gateway) -> None:
     (tolem.app._serve_plainly): the same answers to the wrong method, to a preflight,
     under every prefix, and the same route label in the metrics."""
     with gateway.client() as client:
-        for path in ("/oauth2/token", "/epay2/oauth2/token", "/payment/cryptopay"):
+        for path in ("/oauth2/token", "/epay2/oauth2/token", "/payment/cryptopay"):  # POST only
             wrong = client.get(path)
             assert wrong.status_code == 405, (path, wrong.text)
             assert "POST" in wrong.headers["allow"]
@@ -185,8 +185,12 @@ def test_plain_routes_answer_as_fastapis_did(gateway: Gateway) -> None:
             )
             assert preflight.status_code == 200, path
             assert preflight.headers["access-control-allow-origin"] == "*"
+        status = client.get("/api/check-status/payment/transaction/000000000001")
+        assert status.status_code == 401, status.text
+        assert client.post("/check-status/payment/transaction/000000000001").status_code == 405
         unauthorized = client.post("/api/payment/cryptopay", json={})
         assert unauthorized.status_code == 401, unauthorized.text
         assert "invoiceId" in unauthorized.json()  # a payment error carries invoice fields
         metrics = client.get("/metrics").text
     assert 'route="/api/payment/cryptopay",status="401"' in metrics
+    assert 'route="/api/check-status/payment/transaction/{invoice_id}",status="401"' in metrics

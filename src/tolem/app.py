@@ -11,6 +11,8 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -199,23 +201,36 @@ class _PlainRoute(Route):
 
 
 def _serve_plainly(app: FastAPI) -> None:
-    """Serve the busiest endpoints, token and cryptopay, without FastAPI's request handling.
+    """Serve the busiest endpoints (token, cryptopay, check-status) without FastAPI's
+    request handling.
 
-    Both read the request themselves (no parameters, no dependencies) and return a
-    Response, so FastAPI's handler (solving an empty set of dependencies, routing
-    through the included routers) only cost CPU: about a tenth of a payment's
-    (BENCHMARKS.md, "Fourth round"). A Starlette route for each path, first in the list,
-    serves them; the exception handlers apply as before (Starlette's route wrapper calls
-    the same ones). FastAPI's routes stay behind them for /openapi.json.
+    They read the request themselves (no dependencies; check-status takes its invoice
+    from the path) and return a Response, so FastAPI's handler (solving an empty set
+    of dependencies, routing through the included routers) only cost CPU: about a
+    tenth of a payment's, and of a token's a third (BENCHMARKS.md, "Fourth round").
+    A Starlette route for each path, first in the list, serves them; the exception
+    handlers apply as before (Starlette's route wrapper calls the same ones). FastAPI's
+    routes stay behind them for /openapi.json.
     """
     from tolem.oauth.endpoints import token
+    from tolem.operations.endpoints import check_status
     from tolem.payments.endpoints import cryptopay
 
+    async def status(request: Request) -> Response:
+        return await check_status(request.path_params["invoice_id"], request)
+
     plain = [
-        _PlainRoute(f"{prefix}{path}", endpoint, methods=["POST"], name=endpoint.__name__)
-        for path, endpoint, prefixes in (
-            ("/oauth2/token", token, ("", "/epay2")),
-            ("/payment/cryptopay", cryptopay, ("", "/api")),
+        _PlainRoute(f"{prefix}{path}", endpoint, methods=[method], name=name)
+        for path, method, endpoint, name, prefixes in (
+            ("/oauth2/token", "POST", token, "token", ("", "/epay2")),
+            ("/payment/cryptopay", "POST", cryptopay, "cryptopay", ("", "/api")),
+            (
+                "/check-status/payment/transaction/{invoice_id}",
+                "GET",
+                status,
+                "check_status",
+                ("", "/api"),
+            ),
         )
         for prefix in prefixes
     ]
