@@ -262,9 +262,12 @@ class Checkpointer:
 
     A PASSIVE checkpoint does not stop writers; but while writers keep appending, the
     WAL cannot start again from its beginning and its file grows. When the WAL holds
-    more than ``restart_pages`` pages after a checkpoint, the next one is taken with the
-    writer slot held (writers wait for it, as they waited for the inline checkpoint), so
-    it completes and the next writer starts the WAL over.
+    more than ``restart_pages`` pages, a second checkpoint follows the first at once
+    with the writer slot held: it copies only what was written during the first (a few
+    pages; writers wait about as long as for one payment), and the next writer starts
+    the WAL over (measured: 1-3 ms held). Holding the slot for the whole checkpoint
+    instead (thousands of pages, 8-10 ms) showed in cryptopay's p95 at 1 worker: 31-36
+    ms instead of 26-27.
 
     Nothing about durability changes: a checkpoint moves committed pages from the WAL
     into the database file. If this process dies, the next connection to open the
@@ -294,7 +297,6 @@ class Checkpointer:
 
     def _run(self) -> None:
         connection: sqlite3.Connection | None = None
-        held = False  # whether the next checkpoint takes the writer slot
         while not self._stop.wait(self.interval):
             try:
                 if connection is None:
@@ -303,15 +305,15 @@ class Checkpointer:
                     )
                     connection.execute(f"PRAGMA synchronous={self._synchronous}")
                     connection.execute("PRAGMA busy_timeout=0")
-                if held:
+                _busy, pages, _done = self.checkpoint(connection)  # the bulk, writers on
+                if pages > self.restart_pages:
+                    # What the writers added meanwhile (a few pages, not the bulk), with
+                    # the writer slot held: then every page is in the database file and
+                    # the next writer starts the WAL over.
                     with self._writer.held(wait=True):
-                        _busy, pages, _done = self.checkpoint(connection)
-                else:
-                    _busy, pages, _done = self.checkpoint(connection)
-                held = pages > self.restart_pages
+                        self.checkpoint(connection)
             except Exception:  # a bad moment (the file locked, moved): try again later
                 log.warning("WAL checkpoint of %s failed", self.path, exc_info=True)
-                held = False
         if connection is not None:
             connection.close()
 
