@@ -47,9 +47,13 @@ def test_results_that_finish_together_are_written_together() -> None:
     assert batches == [["0"], ["1", "2", "3", "4", "5"]]  # five results, one transaction
 
 
+@pytest.mark.parametrize("broken_first", [True, False])
 def test_a_result_that_cannot_be_recorded_leaves_the_others_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken_first: bool
 ) -> None:
+    """The batch is first written without savepoints; when one result fails, it is
+    written again with a savepoint each (the ones recorded before it are rolled back
+    with the first try, and recorded once, by the second)."""
     rt = Runtime.start(Settings(data_dir=tmp_path))
     try:
         prepare_database(rt.db, sandbox=True)
@@ -73,7 +77,7 @@ def test_a_result_that_cannot_be_recorded_leaves_the_others_recorded(
         with rt.db.write() as session:
             batch = service.claim(session, now=utcnow(), limit=10, lease=60)
         assert len(batch) == 2
-        broken, fine = batch
+        broken, fine = batch if broken_first else batch[::-1]
         real_record = service.record
 
         def record(session: Session, claimed: service.Claimed, *args: Any, **kw: Any) -> str:
@@ -82,12 +86,15 @@ def test_a_result_that_cannot_be_recorded_leaves_the_others_recorded(
             return real_record(session, claimed, *args, **kw)
 
         monkeypatch.setattr(service, "record", record)
-        states = DeliveryWorker(rt)._record([(broken, OK), (fine, OK)])
-        assert isinstance(states[0], RuntimeError) and states[1] == "delivered"
+        order = [(broken, OK), (fine, OK)] if broken_first else [(fine, OK), (broken, OK)]
+        states = dict(zip((c.id for c, _ in order), DeliveryWorker(rt)._record(order), strict=True))
+        assert isinstance(states[broken.id], RuntimeError) and states[fine.id] == "delivered"
         with rt.db.read() as session:
             assert session.get(Notification, fine.id).state == "delivered"  # type: ignore[union-attr]
             assert session.get(Notification, broken.id).state == "pending"  # type: ignore[union-attr]
             outcome = session.get(DeliveryAttempt, broken.attempt_id)
             assert outcome is not None and outcome.outcome == "sending"  # its claim expires
+            done = session.get(DeliveryAttempt, fine.attempt_id)
+            assert done is not None and done.outcome == "delivered" and done.http_status == 200
     finally:
         rt.close()
