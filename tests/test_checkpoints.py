@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,53 @@ def test_a_serving_database_checkpoints_in_its_thread(serving: Database, tmp_pat
         assert copy.execute("SELECT count(*) FROM t").fetchone() == (600,)
     finally:
         copy.close()
+
+
+def test_a_checkpointer_that_opened_the_file_first_still_checkpoints(tmp_path: Path) -> None:
+    """On a fresh data dir the thread may open the file before any connection has made
+    it a WAL database; it must not stay stuck with that first connection."""
+    db = Database(f"sqlite:///{tmp_path / 'fresh.db'}", background_checkpoints=True)
+    try:
+        checkpointer = _checkpointer(db)
+        _wait_for_checkpoints(checkpointer, 2)  # it opened the file, not yet in WAL mode
+        with db.write() as session:
+            session.execute(text("CREATE TABLE t (n INTEGER, payload BLOB)"))
+        _write(db, 300)
+        _wait_for_checkpoints(checkpointer, 3)
+        shutil.copy(tmp_path / "fresh.db", tmp_path / "copy.db")
+        copy = sqlite3.connect(tmp_path / "copy.db")
+        try:
+            assert copy.execute("SELECT count(*) FROM t").fetchone() == (300,)
+        finally:
+            copy.close()
+    finally:
+        db.dispose()
+
+
+def test_an_idle_database_is_not_locked_for_nothing(serving: Database) -> None:
+    """Past restart_pages the writer slot is held once for the WAL to start over, not at
+    every tick while nobody writes."""
+    checkpointer = _checkpointer(serving)
+    checkpointer.interval = 0.02
+    checkpointer.restart_pages = 100
+    held = 0
+    writer = serving._writer
+    assert writer is not None
+    take = writer.held
+
+    @contextmanager
+    def counted(wait: bool) -> Iterator[None]:
+        nonlocal held
+        held += 1
+        with take(wait):
+            yield
+
+    writer.held = counted  # type: ignore[method-assign]
+    _write(serving, 200)  # well past 100 pages; then nobody writes
+    _wait_for_checkpoints(checkpointer, 3)
+    before = held
+    _wait_for_checkpoints(checkpointer, 20)
+    assert held - before <= 1, (before, held)
 
 
 def test_other_databases_keep_sqlites_own_checkpoints(tmp_path: Path) -> None:

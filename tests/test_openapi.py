@@ -188,6 +188,7 @@ def test_plain_routes_answer_as_fastapis_did(gateway: Gateway) -> None:
         status = client.get("/api/check-status/payment/transaction/000000000001")
         assert status.status_code == 401, status.text
         assert client.post("/check-status/payment/transaction/000000000001").status_code == 405
+        assert client.head("/check-status/payment/transaction/000000000001").status_code == 405
         unauthorized = client.post("/api/payment/cryptopay", json={})
         assert unauthorized.status_code == 401, unauthorized.text
         assert "invoiceId" in unauthorized.json()  # a payment error carries invoice fields

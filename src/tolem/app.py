@@ -234,6 +234,9 @@ def _serve_plainly(app: FastAPI) -> None:
         )
         for prefix in prefixes
     ]
+    for route in plain:
+        if route.methods:
+            route.methods.discard("HEAD")  # Starlette adds it to GET; FastAPI's did not
     app.router.routes[:0] = plain
 
 

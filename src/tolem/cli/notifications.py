@@ -52,7 +52,7 @@ class _StopRequests:
         self.starting = False
 
     def restore(self) -> None:
-        """After the event loop closed (it resets the handlers to the defaults)."""
+        """Take the signals back from the event loop, before it closes."""
         for signum in _STOP_SIGNALS:
             signal.signal(signum, self._on_signal)
 
@@ -114,9 +114,13 @@ def _work(database_url: str | None, mode: Mode | None, stops: _StopRequests) -> 
             finally:
                 stop.set()
                 await recovering
+                # Ours again before the loop closes (closing would put the defaults
+                # back): a second request while closing is not a death by signal.
+                for signum in _STOP_SIGNALS:
+                    loop.remove_signal_handler(signum)
+                stops.restore()
 
         asyncio.run(main())
-        stops.restore()  # a second request while closing is not a death by signal
     finally:
         rt.close()
 

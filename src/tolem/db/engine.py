@@ -297,7 +297,10 @@ class Checkpointer:
 
     def _run(self) -> None:
         connection: sqlite3.Connection | None = None
-        while not self._stop.wait(self.interval):
+        held_at = -1  # the WAL's size after the last checkpoint with the slot held
+        pause = self.interval
+        while not self._stop.wait(pause):
+            pause = self.interval
             try:
                 if connection is None:
                     connection = sqlite3.connect(
@@ -306,14 +309,21 @@ class Checkpointer:
                     connection.execute(f"PRAGMA synchronous={self._synchronous}")
                     connection.execute("PRAGMA busy_timeout=0")
                 _busy, pages, _done = self.checkpoint(connection)  # the bulk, writers on
-                if pages > self.restart_pages:
+                if pages < 0:
+                    # Not a WAL database to this connection: it was opened before the
+                    # database was (a fresh data dir). A new one will see the WAL.
+                    connection.close()
+                    connection = None
+                elif pages > self.restart_pages and pages != held_at:
                     # What the writers added meanwhile (a few pages, not the bulk), with
                     # the writer slot held: then every page is in the database file and
-                    # the next writer starts the WAL over.
+                    # the next writer starts the WAL over. (Unchanged since the last
+                    # time: nobody wrote, nothing to do.)
                     with self._writer.held(wait=True):
-                        self.checkpoint(connection)
+                        _busy, held_at, _done = self.checkpoint(connection)
             except Exception:  # a bad moment (the file locked, moved): try again later
                 log.warning("WAL checkpoint of %s failed", self.path, exc_info=True)
+                pause = max(self.interval, 5.0)  # not a traceback ten times a second
         if connection is not None:
             connection.close()
 
