@@ -59,17 +59,23 @@ def _wait_for_checkpoints(checkpointer: Checkpointer, count: int) -> None:
         time.sleep(0.01)
 
 
+def _rows_in_file(database: Path) -> int:
+    """The rows of t in the database file alone: a copy of it, without its WAL."""
+    copied = database.with_name("copy.db")
+    shutil.copy(database, copied)
+    copy = sqlite3.connect(copied)
+    try:
+        return int(copy.execute("SELECT count(*) FROM t").fetchone()[0])
+    finally:
+        copy.close()
+
+
 def test_a_serving_database_checkpoints_in_its_thread(serving: Database, tmp_path: Path) -> None:
     assert _autocheckpoint(serving) == 0  # the writers never do
     _write(serving, 600)  # far past SQLite's own 1,000-page threshold
     _wait_for_checkpoints(_checkpointer(serving), 2)
     # The database file alone, without its WAL, holds every committed row.
-    shutil.copy(tmp_path / "s.db", tmp_path / "copy.db")
-    copy = sqlite3.connect(tmp_path / "copy.db")
-    try:
-        assert copy.execute("SELECT count(*) FROM t").fetchone() == (600,)
-    finally:
-        copy.close()
+    assert _rows_in_file(tmp_path / "s.db") == 600
 
 
 def test_a_checkpointer_that_opened_the_file_first_still_checkpoints(tmp_path: Path) -> None:
@@ -83,12 +89,7 @@ def test_a_checkpointer_that_opened_the_file_first_still_checkpoints(tmp_path: P
             session.execute(text("CREATE TABLE t (n INTEGER, payload BLOB)"))
         _write(db, 300)
         _wait_for_checkpoints(checkpointer, 3)
-        shutil.copy(tmp_path / "fresh.db", tmp_path / "copy.db")
-        copy = sqlite3.connect(tmp_path / "copy.db")
-        try:
-            assert copy.execute("SELECT count(*) FROM t").fetchone() == (300,)
-        finally:
-            copy.close()
+        assert _rows_in_file(tmp_path / "fresh.db") == 300
     finally:
         db.dispose()
 

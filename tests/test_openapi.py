@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -195,3 +196,24 @@ def test_plain_routes_answer_as_fastapis_did(gateway: Gateway) -> None:
         metrics = client.get("/metrics").text
     assert 'route="/api/payment/cryptopay",status="401"' in metrics
     assert 'route="/api/check-status/payment/transaction/{invoice_id}",status="401"' in metrics
+
+
+def test_the_busiest_endpoints_are_served_by_the_plain_routes(tmp_path: Path) -> None:
+    """The routes that serve token, cryptopay and check-status come before FastAPI's
+    (tolem.app._serve_plainly), under every prefix; the test above checks they answer
+    as FastAPI's did, this one that they are the ones answering."""
+    from starlette.routing import Route
+
+    from tolem.app import _PlainRoute
+
+    app = create_app(Settings(data_dir=tmp_path))
+    first = [r for r in app.router.routes[:6] if isinstance(r, Route)]
+    assert all(isinstance(r, _PlainRoute) for r in first)
+    assert {r.path for r in first} == {
+        "/oauth2/token",
+        "/epay2/oauth2/token",
+        "/payment/cryptopay",
+        "/api/payment/cryptopay",
+        "/check-status/payment/transaction/{invoice_id}",
+        "/api/check-status/payment/transaction/{invoice_id}",
+    }

@@ -158,7 +158,7 @@ class Database:
         """``background_checkpoints``: on a SQLite file, a :class:`Checkpointer` thread
         checkpoints the WAL instead of the writers (for a serving process)."""
         self.url = url
-        path = _database_file(url)
+        path = _database_file(url)  # None: PostgreSQL, or SQLite in memory
         background = background_checkpoints and path is not None
         self.engine = make_engine(
             url, sqlite_synchronous=sqlite_synchronous, sqlite_autocheckpoint=not background
@@ -170,7 +170,10 @@ class Database:
         )
         # Re-entrant: a write opened inside another in the same thread behaves as it
         # did without the lock (it waits on SQLite's busy timeout, then fails).
-        self._writer = _WriterLock(_lock_file(self.engine)) if self.is_sqlite else None
+        # The lock file: where the processes sharing the SQLite file queue their writers
+        # (none for a database in memory: no other process can open it).
+        lock_file = f"{path}-writer.lock" if path is not None else None
+        self._writer = _WriterLock(lock_file) if self.is_sqlite else None
         self._checkpointer: Checkpointer | None = None
         if background and path is not None and self._writer is not None:
             self._checkpointer = Checkpointer(path, self._writer, synchronous=sqlite_synchronous)
@@ -240,13 +243,6 @@ def _database_file(url: str) -> str | None:
     if database == ":memory:" or database.startswith("file:"):
         return None
     return os.path.abspath(database)
-
-
-def _lock_file(engine: Engine) -> str | None:
-    """Where the processes sharing this SQLite file queue their writers; None for a
-    database in memory (no other process can open it)."""
-    path = _database_file(engine.url.render_as_string(hide_password=False))
-    return None if path is None else f"{path}-writer.lock"
 
 
 class Checkpointer:
