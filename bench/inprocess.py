@@ -15,7 +15,9 @@ ASGI app and reports the process's CPU time per request (``time.process_time``: 
 thread of the process, none of another). Requests go one at a time, so the figure has
 no queueing in it; the thread-pool hop of an idle event loop is in it unless
 ``--inline``. ``--postlinks N`` fills the outbox with N notifications to a receiver in
-the same process and times the delivery worker until all are delivered.
+the same process and times the delivery worker until all are delivered. ``--concurrency
+N`` keeps N requests in flight instead (N clients on the loop, each one after another):
+payments then share commits as they do under load (tolem.db.group).
 
 Numbers on a shared machine move by 10-30 % from run to run: compare the lowest of a
 few runs, alternating the two versions.
@@ -175,7 +177,9 @@ async def prepare(h: Harness, what: str, count: int) -> list[Request]:
     ]
 
 
-async def measure(h: Harness, what: str, count: int, warmup: int, profile: bool) -> float:
+async def measure(
+    h: Harness, what: str, count: int, warmup: int, profile: bool, concurrency: int = 1
+) -> float:
     requests = await prepare(h, what, count + warmup)
     for request in requests[:warmup]:
         status, answer = await h.call(*request)
@@ -185,9 +189,13 @@ async def measure(h: Harness, what: str, count: int, warmup: int, profile: bool)
     if profiler:
         profiler.enable()
     started = time.process_time()
-    for request in requests:
-        status, answer = await h.call(*request)
-        assert status == 200, answer
+
+    async def client(mine: list[Request]) -> None:
+        for request in mine:
+            status, answer = await h.call(*request)
+            assert status == 200, answer
+
+    await asyncio.gather(*(client(requests[n::concurrency]) for n in range(concurrency)))
     spent = time.process_time() - started
     if profiler:
         profiler.disable()
@@ -295,6 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true", help="cProfile the measured run")
     parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="requests in flight at once (default 1: one after another)",
+    )
+    parser.add_argument(
         "--postlinks",
         type=int,
         default=0,
@@ -315,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
             async def run(what: str = what, data_dir: Path = data_dir) -> float:
                 h = Harness(data_dir)
                 async with h.app.router.lifespan_context(h.app):
-                    return await measure(h, what, args.requests, args.warmup, args.profile)
+                    return await measure(
+                        h, what, args.requests, args.warmup, args.profile, args.concurrency
+                    )
 
             print(f"{what}: {asyncio.run(run()):.3f} ms CPU per request")
     return 0

@@ -8,7 +8,9 @@ the ledger accepts rows again, the same invoice pays.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +20,6 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from tolem.config import Settings
-from tolem.db.engine import WouldBlock
 from tolem.db.migrate import prepare_database
 from tolem.merchants.models import Terminal
 from tolem.merchants.service import SANDBOX_TERMINAL_ID, find_by_client_id
@@ -26,7 +27,7 @@ from tolem.notifications.models import Notification
 from tolem.oauth.tokens import AccessToken
 from tolem.payments import service
 from tolem.payments.models import Transaction, TransactionEvent
-from tolem.processor.base import Card
+from tolem.processor.base import Card, ProcessorResult
 from tolem.processor.simulator import LedgerEntry
 from tolem.runtime import Runtime
 
@@ -115,22 +116,37 @@ def test_a_payment_that_fails_midway_leaves_nothing_and_its_invoice_free(rt: Run
     assert _counts(rt, invoice) == (1, 2, 1, 1)
 
 
-class _NotOnTheLoop:
-    """A connector that must not be called: pay(wait=False) gives way before it."""
+class _OffTheLoop:
+    """A connector that approves, and notes the threads it was called on."""
 
-    def authorize(self, request: object) -> None:
-        raise AssertionError("a connector was called on the event loop")
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+
+    def authorize(self, request: object) -> ProcessorResult:
+        self.threads.append(threading.current_thread())
+        return ProcessorResult(approved=True, reason_code=0, rrn="123456789012")
 
 
 def test_a_payment_that_needs_a_connector_gives_way_on_the_event_loop(rt: Runtime) -> None:
+    """pay_on_the_loop never calls a connector on the loop: its claim there is undone,
+    and the payment is made again in a thread."""
     invoice = f"{secrets.randbelow(10**9):09d}"
     ctx, order = _context(rt, invoice), _order(invoice)
-    rt.acquirer = _NotOnTheLoop()  # type: ignore[assignment]
+    connector = _OffTheLoop()
+    rt.acquirer = connector  # type: ignore[assignment]
     with rt.db.write() as session:
         session.execute(
             update(Terminal).where(Terminal.id == SANDBOX_TERMINAL_ID).values(is_test=False)
         )
     rt.db.directory.forget()
-    with pytest.raises(WouldBlock):
-        service.pay(rt, ctx, order, CARD, SANDBOX_TERMINAL_ID, wait=False)
-    assert _counts(rt, invoice) == (0, 0, 0, 0)  # the claim was undone
+    loop_thread: list[threading.Thread] = []
+
+    async def on_the_loop() -> tuple[Transaction, object]:
+        loop_thread.append(threading.current_thread())
+        return await service.pay_on_the_loop(rt, ctx, order, CARD, SANDBOX_TERMINAL_ID)
+
+    tx, challenge = asyncio.run(on_the_loop())
+    assert challenge is None and tx.status == "AUTH"
+    assert len(connector.threads) == 1 and connector.threads[0] is not loop_thread[0]
+    # One payment: the claim made on the loop left nothing (its invoice was free again).
+    assert _counts(rt, invoice) == (1, 2, 0, 1)

@@ -211,7 +211,7 @@ def test_a_payment_on_the_loop_gives_up_like_sqlite_after_the_busy_timeout(
     from tests.test_atomic_payment import CARD, _context, _order
     from tolem.config import Settings
     from tolem.db.migrate import prepare_database
-    from tolem.payments import endpoints
+    from tolem.payments import service
     from tolem.runtime import Runtime
 
     rt = Runtime.start(Settings(data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'p.db'}"))
@@ -225,7 +225,7 @@ def test_a_payment_on_the_loop_gives_up_like_sqlite_after_the_busy_timeout(
             started = time.monotonic()
             with pytest.raises(OperationalError, match="database is locked"):
                 asyncio.run(
-                    endpoints._pay_on_the_loop(
+                    service.pay_on_the_loop(
                         rt, _context(rt, invoice), _order(invoice), CARD, SANDBOX_TERMINAL_ID
                     )
                 )
@@ -234,7 +234,7 @@ def test_a_payment_on_the_loop_gives_up_like_sqlite_after_the_busy_timeout(
             holder.kill()
             holder.wait(10)
         tx, _ = asyncio.run(
-            endpoints._pay_on_the_loop(
+            service.pay_on_the_loop(
                 rt, _context(rt, invoice), _order(invoice), CARD, SANDBOX_TERMINAL_ID
             )
         )

@@ -21,6 +21,7 @@ sleeps up to 100 ms between tries; the kernel lets go of it when a process dies.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -28,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     import fcntl
@@ -39,6 +40,9 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+if TYPE_CHECKING:
+    from tolem.db.group import GroupCommit
 
 log = logging.getLogger("tolem.db")
 
@@ -175,6 +179,7 @@ class Database:
         lock_file = f"{path}-writer.lock" if path is not None else None
         self._writer = _WriterLock(lock_file) if self.is_sqlite else None
         self._checkpointer: Checkpointer | None = None
+        self._group: GroupCommit | None = None
         if background and path is not None and self._writer is not None:
             self._checkpointer = Checkpointer(path, self._writer, synchronous=sqlite_synchronous)
 
@@ -215,6 +220,17 @@ class Database:
         """
         with self.write(wait=wait) as session:
             return work(session)
+
+    def grouped(self) -> GroupCommit:
+        """The running event loop's :class:`~tolem.db.group.GroupCommit` (SQLite): its
+        ``await transact(work)`` gathers the writes of one turn into one commit."""
+        from tolem.db.group import GroupCommit
+
+        loop = asyncio.get_running_loop()
+        group = self._group
+        if group is None or group.loop is not loop:
+            group = self._group = GroupCommit(self, loop)
+        return group
 
     @contextmanager
     def read(self) -> Iterator[Session]:

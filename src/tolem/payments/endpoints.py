@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
@@ -11,7 +9,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tolem import carddata, fields, wire
-from tolem.db.engine import WouldBlock, WriterBusy, database_locked
 from tolem.errors import BadRequest, Unauthorized
 from tolem.oauth import service as oauth
 from tolem.payments import service
@@ -63,37 +60,13 @@ async def cryptopay(request: Request) -> Response:
     ctx = service.PaymentContext(token=token, ip=request.client.host if request.client else "")
     if rt.db.is_sqlite:
         # On the event loop: a thread costs more than the payment's own SQLite work
-        # (BENCHMARKS.md, "Third round").
-        tx, challenge = await _pay_on_the_loop(rt, ctx, *_prepare(rt, data))
+        # (BENCHMARKS.md, "Third round"); one commit for the payments of a turn.
+        tx, challenge = await service.pay_on_the_loop(rt, ctx, *_prepare(rt, data))
     else:
         tx, challenge = await run_in_threadpool(_pay, rt, ctx, data)
     if challenge is not None:
         return wire.json_response(challenge_body(tx, challenge))
     return wire.json_response(payment_body(tx))
-
-
-async def _pay_on_the_loop(
-    rt: Runtime, ctx: service.PaymentContext, order: service.PaymentOrder, card: Card, terminal: str
-) -> tuple[Transaction, Challenge | None]:
-    """Pay when no other writer holds SQLite, waiting for it without a thread.
-
-    While another writer (a thread of this process, another worker, the CLI) holds the
-    database, the loop serves other requests and tries again after 0.2 ms, then up to
-    every 2 ms, as a thread waiting on the lock file would, and gives up like it after
-    the busy timeout. A payment that needs a connector's network call goes to a thread.
-    """
-    deadline = time.monotonic() + rt.db.busy_timeout
-    pause = 0.0002
-    while True:
-        try:
-            return service.pay(rt, ctx, order, card, terminal, wait=False)
-        except WriterBusy:  # nothing was kept
-            if time.monotonic() >= deadline:
-                raise database_locked() from None
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 0.002)
-        except WouldBlock:  # a connector: its network call runs in a thread
-            return await run_in_threadpool(service.pay, rt, ctx, order, card, terminal)
 
 
 def _lenient(raw: bytes) -> dict[str, Any]:

@@ -18,6 +18,7 @@ database and answers without a network call, the three steps are one transaction
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
@@ -27,6 +28,7 @@ from sqlalchemy import Table, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
+from starlette.concurrency import run_in_threadpool
 
 from tolem import carddata, reasons, velocity
 from tolem.cards import service as cards
@@ -407,8 +409,6 @@ def pay(
     order: PaymentOrder,
     card: Card,
     card_terminal: str,
-    *,
-    wait: bool = True,
 ) -> tuple[Transaction, Challenge | None]:
     """The payment core shared by cryptopay and the hosted page: claim, authorize, finish.
 
@@ -420,19 +420,57 @@ def pay(
     database: the claim, the simulator's decision and the outcome (with its postLink)
     then commit as one transaction, so a crash keeps all of it or none, and a payment
     costs one commit instead of three. A connector is called between two transactions,
-    as the module's docstring says.
-
-    ``wait=False`` is for the event loop (cryptopay on SQLite): if the payment would
-    wait for another writer, or needs a connector's network call, it raises
-    :class:`~tolem.db.engine.WouldBlock` having kept nothing, to be run in a thread.
+    as the module's docstring says. This waits for the database: run it in a thread
+    (:func:`pay_on_the_loop` is the event loop's way).
     """
     terminal_id = check_binding(ctx.token, order, card_terminal)
+    work = _payment(rt, ctx, order, card, terminal_id, on_the_loop=False)
+    tx, terminal, challenge, connector = rt.db.transact(work)
+    if connector is not None:
+        answer = authorize(connector, tx, terminal, card)
+        if answer is None:
+            raise unreachable(tx)
+        tx, challenge = rt.db.transact(
+            lambda session: _conclude(rt, session, tx, terminal, order, answer)
+        )
+    return _answered(tx, challenge)
+
+
+async def pay_on_the_loop(
+    rt: Runtime,
+    ctx: PaymentContext,
+    order: PaymentOrder,
+    card: Card,
+    card_terminal: str,
+) -> tuple[Transaction, Challenge | None]:
+    """:func:`pay` without a thread, for SQLite: the payment's transaction joins the
+    loop's group commit (tolem.db.group), one commit for the payments of a turn. A
+    payment that needs a connector's network call is undone and made again by
+    :func:`pay` in a thread."""
+    terminal_id = check_binding(ctx.token, order, card_terminal)
+    work = _payment(rt, ctx, order, card, terminal_id, on_the_loop=True)
+    try:
+        tx, _terminal, challenge, _connector = await rt.db.grouped().transact(work)
+    except WouldBlock:  # a connector: nothing was kept; its call runs in a thread
+        return await run_in_threadpool(pay, rt, ctx, order, card, card_terminal)
+    return _answered(tx, challenge)
+
+
+def _payment(
+    rt: Runtime,
+    ctx: PaymentContext,
+    order: PaymentOrder,
+    card: Card,
+    terminal_id: str,
+    *,
+    on_the_loop: bool,
+) -> Callable[[Session], tuple[Transaction, Terminal, Challenge | None, Acquirer | None]]:
+    """The payment's first transaction: the claim, and on a test terminal the whole
+    payment. The last item it returns is the connector still to be called, if any."""
 
     def claimed(
         session: Session,
     ) -> tuple[Transaction, Terminal, Challenge | None, Acquirer | None]:
-        """The claim; on a test terminal the whole payment. The last item is the
-        connector still to be called, if any."""
         tx, terminal = claim(
             session,
             ctx,
@@ -446,7 +484,7 @@ def pay(
         )
         acquirer = rt.acquirer_for(terminal)
         if acquirer is not rt.simulator:
-            if not wait:  # no network call on the event loop: the claim is undone
+            if on_the_loop:  # no network call on the event loop: the claim is undone
                 raise WouldBlock
             return tx, terminal, None, acquirer
         # The simulator's ledger shares this transaction.
@@ -454,14 +492,10 @@ def pay(
         done, challenge = _conclude(rt, session, tx, terminal, order, result)
         return done, terminal, challenge, None
 
-    tx, terminal, challenge, connector = rt.db.transact(claimed, wait=wait)
-    if connector is not None:
-        answer = authorize(connector, tx, terminal, card)
-        if answer is None:
-            raise unreachable(tx)
-        tx, challenge = rt.db.transact(
-            lambda session: _conclude(rt, session, tx, terminal, order, answer)
-        )
+    return claimed
+
+
+def _answered(tx: Transaction, challenge: Challenge | None) -> tuple[Transaction, Challenge | None]:
     if challenge is None and not succeeded(tx):
         raise declined(tx)
     return tx, challenge
