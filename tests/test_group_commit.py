@@ -8,6 +8,7 @@ only: on PostgreSQL the payments run in threads (tolem.payments.endpoints).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import secrets
 import threading
 import time
@@ -233,3 +234,68 @@ def test_writes_wait_for_a_busy_writer_together_without_a_thread(rt: Runtime) ->
     thread.join(10)
     assert outcomes == [0, 1, 2, 3, 4] and batches == 1 and lag < 0.1
     assert _rows(rt) == [0, 1, 2, 3, 4, 100]
+
+
+def test_the_delivery_worker_writes_on_the_loop_beside_the_payments(rt: Runtime) -> None:
+    """On SQLite the delivery worker claims and records through the group commit: no
+    thread of its own competes with the loop for the writer (each of its statements
+    waited for the GIL while it held the writer, and the postLink lag grew to seconds)."""
+    from tolem.notifications.delivery import DeliveryWorker
+
+    writers: list[threading.Thread] = []
+    real_write = rt.db.write
+
+    def write(*args: Any, **kwargs: Any) -> Any:
+        writers.append(threading.current_thread())
+        return real_write(*args, **kwargs)
+
+    rt.db.write = write  # type: ignore[method-assign]
+    received: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        received.append(await reader.readexactly(length))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def run() -> None:
+        receiver = await asyncio.start_server(answer, "127.0.0.1", 0)
+        try:
+            await deliver(receiver)
+        finally:
+            receiver.close()
+            await receiver.wait_closed()
+
+    async def deliver(receiver: asyncio.Server) -> None:
+        port = receiver.sockets[0].getsockname()[1]
+        invoices = [f"{secrets.randbelow(10**9):09d}" for _ in range(5)]
+        for invoice in invoices:
+            ctx = _context(rt, invoice)
+            link = f"http://127.0.0.1:{port}/post"
+            token = dataclasses.replace(ctx.token, post_link=link)
+            order = dataclasses.replace(_order(invoice), post_link=link)
+            await service.pay_on_the_loop(
+                rt, service.PaymentContext(token, ctx.ip), order, CARD, SANDBOX_TERMINAL_ID
+            )
+        stop = asyncio.Event()
+        worker = asyncio.create_task(DeliveryWorker(rt).run(stop))
+        for _ in range(200):
+            if len(received) == len(invoices):
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # the last attempts recorded
+        stop.set()
+        await worker
+
+    asyncio.run(run())
+    assert len(received) == 5
+    with rt.db.read() as session:
+        states = session.scalars(text("SELECT state FROM notifications")).all()
+    assert states == ["delivered"] * 5
+    assert writers and {thread.name for thread in writers} == {threading.main_thread().name}

@@ -30,7 +30,7 @@ def _claimed(n: int) -> service.Claimed:
 def test_results_that_finish_together_are_written_together() -> None:
     batches: list[list[str]] = []
 
-    def write(batch: delivery._Batch) -> list[str | Exception]:
+    async def write(batch: delivery._Batch) -> list[str | BaseException]:
         batches.append([claimed.id for claimed, _ in batch])
         return [f"state-{claimed.id}" for claimed, _ in batch]
 
@@ -49,12 +49,16 @@ def test_results_that_finish_together_are_written_together() -> None:
 
 @pytest.mark.parametrize("broken_first", [True, False])
 def test_a_result_that_cannot_be_recorded_leaves_the_others_recorded(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken_first: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    broken_first: bool,
+    postgres_or_sqlite_empty_url: str,
 ) -> None:
-    """The batch is first written without savepoints; when one result fails, it is
-    written again with a savepoint each (the ones recorded before it are rolled back
-    with the first try, and recorded once, by the second)."""
-    rt = Runtime.start(Settings(data_dir=tmp_path))
+    """The batch is first written in one transaction; when one result fails, each is
+    written again on its own (SQLite: a savepoint each in the loop's group commit;
+    PostgreSQL: a transaction each). The ones recorded before it are rolled back with
+    the first try, and recorded once, by the second."""
+    rt = Runtime.start(Settings(data_dir=tmp_path, database_url=postgres_or_sqlite_empty_url))
     try:
         prepare_database(rt.db, sandbox=True)
         with rt.db.write() as session:
@@ -87,7 +91,8 @@ def test_a_result_that_cannot_be_recorded_leaves_the_others_recorded(
 
         monkeypatch.setattr(service, "record", record)
         order = [(broken, OK), (fine, OK)] if broken_first else [(fine, OK), (broken, OK)]
-        states = dict(zip((c.id for c, _ in order), DeliveryWorker(rt)._record(order), strict=True))
+        recorded = asyncio.run(DeliveryWorker(rt)._record(order))
+        states = dict(zip((c.id for c, _ in order), recorded, strict=True))
         assert isinstance(states[broken.id], RuntimeError) and states[fine.id] == "delivered"
         with rt.db.read() as session:
             assert session.get(Notification, fine.id).state == "delivered"  # type: ignore[union-attr]

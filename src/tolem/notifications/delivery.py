@@ -21,18 +21,23 @@ import ipaddress
 import logging
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import idna
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tolem import __version__
 from tolem.db.base import utcnow
 from tolem.notifications import service, signing
 from tolem.notifications.models import Notification, NotificationState
 from tolem.runtime import Runtime
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("tolem.notifications")
 
@@ -103,7 +108,7 @@ class _Recorder:
     """Attempts' results recorded a batch at a time: whatever finished while the last
     batch was being written goes in the next write transaction (one commit for many)."""
 
-    def __init__(self, write: Callable[[_Batch], list[str | Exception]]) -> None:
+    def __init__(self, write: Callable[[_Batch], Awaitable[list[str | BaseException]]]) -> None:
         self._write = write
         self._pending: list[tuple[service.Claimed, service.AttemptResult, asyncio.Future[str]]] = []
         self._wake = asyncio.Event()
@@ -123,13 +128,13 @@ class _Recorder:
             if not batch:
                 continue
             try:
-                states = await asyncio.to_thread(self._write, [(c, r) for c, r, _ in batch])
+                states = await self._write([(c, r) for c, r, _ in batch])
             except Exception as exc:
                 states = [exc] * len(batch)
             for (_, _, done), state in zip(batch, states, strict=True):
                 if done.done():  # its task was cancelled meanwhile
                     continue
-                if isinstance(state, Exception):
+                if isinstance(state, BaseException):
                     done.set_exception(state)
                 else:
                     done.set_result(state)
@@ -180,7 +185,7 @@ class DeliveryWorker:
         batch: list[service.Claimed] = []
         if free > 0:
             try:
-                batch = await asyncio.to_thread(self._claim, free)
+                batch = await self._claim(free)
             except Exception:
                 log.exception("claiming postLinks failed; retrying")
         for claimed in batch:
@@ -191,9 +196,23 @@ class DeliveryWorker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.poll)
 
-    def _claim(self, limit: int) -> list[service.Claimed]:
+    async def _claim(self, limit: int) -> list[service.Claimed]:
         now = utcnow()
-        with self.rt.db.read() as session:  # cheap look first: claiming takes the writer
+        # A cheap look first: claiming takes the writer.
+        if self.rt.db.is_sqlite:  # one indexed read; WAL readers never wait
+            due = self._due(now)
+        else:
+            due = await asyncio.to_thread(self._due, now)
+        if not due:
+            return []
+        return await self._transact(
+            lambda session: service.claim(
+                session, now=now, limit=limit, lease=self.lease, max_steps=len(self.schedule) + 1
+            )
+        )
+
+    def _due(self, now: datetime) -> bool:
+        with self.rt.db.read() as session:
             due = session.scalars(
                 select(Notification.id)
                 .where(
@@ -202,12 +221,17 @@ class DeliveryWorker:
                 )
                 .limit(1)
             ).first()
-        if due is None:
-            return []
-        with self.rt.db.write() as session:
-            return service.claim(
-                session, now=now, limit=limit, lease=self.lease, max_steps=len(self.schedule) + 1
-            )
+        return due is not None
+
+    async def _transact(self, work: Callable[[Session], _T]) -> _T:
+        """A write transaction. On SQLite it joins the event loop's group commit
+        (tolem.db.group), beside the payments of the same process: a thread would
+        compete with the loop for the writer and the GIL, and, with the loop busy, waited
+        up to 5 ms (the GIL's switch interval) for each statement while it held the
+        writer (BENCHMARKS.md, "Fifth round"). Elsewhere it runs in a thread."""
+        if self.rt.db.is_sqlite:
+            return await self.rt.db.grouped().transact(work)
+        return await asyncio.to_thread(self.rt.db.transact, work)
 
     async def _deliver(self, client: httpx.AsyncClient, claimed: service.Claimed) -> None:
         result = await self.attempt(client, claimed)
@@ -225,49 +249,33 @@ class DeliveryWorker:
             state,
         )
 
-    def _record(
+    async def _record(
         self, batch: Sequence[tuple[service.Claimed, service.AttemptResult]]
-    ) -> list[str | Exception]:
-        """Record finished attempts in one write transaction. If one of them fails, the
-        batch is recorded again, each in a savepoint of its own: that one is answered
-        with its error and the others still count. (A savepoint for each from the start
-        cost two statements per attempt, for a failure that hardly ever comes.)"""
-        failed: list[Exception] = []
-        try:
-            with self.rt.db.write() as session:
-                states: list[str | Exception] = []
-                for claimed, result in batch:
-                    try:
-                        states.append(
-                            service.record(session, claimed, result, schedule=self.schedule)
-                        )
-                    except Exception as exc:
-                        failed.append(exc)
-                        raise
-                return states
-        except Exception:
-            if not failed:  # the transaction itself failed: every result with it
-                raise
-            if len(batch) == 1:
-                return [failed[0]]
-        return self._record_each(batch)
+    ) -> list[str | BaseException]:
+        """Record finished attempts in one write transaction. If that fails, each is
+        recorded again in a transaction (or, on SQLite, a savepoint) of its own: one that
+        fails is answered with its error and the others still count. (A savepoint for
+        each from the start cost two statements per attempt, for a failure that hardly
+        ever comes.)"""
+        schedule = self.schedule
 
-    def _record_each(
-        self, batch: Sequence[tuple[service.Claimed, service.AttemptResult]]
-    ) -> list[str | Exception]:
-        """Each attempt in a savepoint of its own: one that fails is answered with its
-        error and the others still count."""
-        states: list[str | Exception] = []
-        with self.rt.db.write() as session:
-            for claimed, result in batch:
-                try:
-                    with session.begin_nested():
-                        states.append(
-                            service.record(session, claimed, result, schedule=self.schedule)
-                        )
-                except Exception as exc:
-                    states.append(exc)
-        return states
+        def one(
+            claimed: service.Claimed, result: service.AttemptResult
+        ) -> Callable[[Session], str]:
+            return lambda session: service.record(session, claimed, result, schedule=schedule)
+
+        try:
+            return list(
+                await self._transact(lambda session: [one(c, r)(session) for c, r in batch])
+            )
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+        return list(
+            await asyncio.gather(
+                *(self._transact(one(c, r)) for c, r in batch), return_exceptions=True
+            )
+        )
 
     async def attempt(
         self, client: httpx.AsyncClient, claimed: service.Claimed
