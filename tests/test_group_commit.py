@@ -299,3 +299,39 @@ def test_the_delivery_worker_writes_on_the_loop_beside_the_payments(rt: Runtime)
         states = session.scalars(text("SELECT state FROM notifications")).all()
     assert states == ["delivered"] * 5
     assert writers and {thread.name for thread in writers} == {threading.main_thread().name}
+
+
+def test_a_backlog_is_written_over_several_turns(rt: Runtime) -> None:
+    from tolem.db.group import LARGEST_BATCH
+
+    outcomes, batches = _together(rt, *(_insert(n) for n in range(2 * LARGEST_BATCH + 5)))
+    assert outcomes == list(range(2 * LARGEST_BATCH + 5))
+    assert batches == 3 and len(_rows(rt)) == 2 * LARGEST_BATCH + 5
+
+
+class _Halt(BaseException):
+    pass
+
+
+def test_a_write_that_raises_a_base_exception_fails_its_batch_and_leaves_no_one_waiting(
+    rt: Runtime,
+) -> None:
+    def halts(session: Session) -> None:
+        raise _Halt
+
+    loop_errors: list[dict[str, Any]] = []
+
+    async def run() -> list[Any]:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: loop_errors.append(ctx))
+        group = rt.db.grouped()
+        return await asyncio.wait_for(
+            asyncio.gather(
+                *(group.transact(work) for work in (_insert(1), halts, _insert(3))),
+                return_exceptions=True,
+            ),
+            5,
+        )
+
+    outcomes = asyncio.run(run())
+    assert all(isinstance(outcome, _Halt) for outcome in outcomes), outcomes
+    assert _rows(rt) == [] and loop_errors  # and the loop was told

@@ -46,6 +46,9 @@ _T = TypeVar("_T")
 #: The first and the longest pause before trying a busy writer slot again (seconds).
 FIRST_PAUSE = 0.0002
 LONGEST_PAUSE = 0.002
+#: Writes of one transaction at most: a backlog (after a long wait for the writer) is
+#: written over several turns, the loop answering requests between them.
+LARGEST_BATCH = 64
 
 
 @dataclass
@@ -80,8 +83,10 @@ class GroupCommit:
 
     def _run(self) -> None:
         self._turn = None
-        batch = [write for write in self._waiting if not write.future.done()]
-        self._waiting = []
+        waiting = [write for write in self._waiting if not write.future.done()]
+        batch, self._waiting = waiting[:LARGEST_BATCH], waiting[LARGEST_BATCH:]
+        if self._waiting:
+            self._turn = self.loop.call_soon(self._run)
         if not batch:
             return
         try:
@@ -89,9 +94,12 @@ class GroupCommit:
         except WriterBusy:  # nothing was done
             self._again(batch)
             return
-        except Exception as exc:  # the commit failed: nothing of the batch was kept
+        except BaseException as exc:  # the commit failed (or a write raised a
+            # BaseException): nothing of the batch was kept
             for write in batch:
                 _settle(write.future, False, exc)
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: go on
+                raise
             return
         self._pause = FIRST_PAUSE
         self.batches += 1
@@ -156,7 +164,9 @@ class GroupCommit:
             else:
                 kept.append(write)
         self._waiting[:0] = kept
-        if self._waiting and self._turn is None:
+        if self._waiting:
+            if self._turn is not None:  # the rest of a backlog was due now: not before
+                self._turn.cancel()
             self._turn = self.loop.call_later(self._pause, self._run)
             self._pause = min(self._pause * 2, LONGEST_PAUSE)
 
