@@ -335,3 +335,17 @@ def test_a_write_that_raises_a_base_exception_fails_its_batch_and_leaves_no_one_
     outcomes = asyncio.run(run())
     assert all(isinstance(outcome, _Halt) for outcome in outcomes), outcomes
     assert _rows(rt) == [] and loop_errors  # and the loop was told
+
+
+def test_writes_one_after_another_reuse_the_connection_used_last(rt: Runtime) -> None:
+    """SQLite's page cache of a connection stays valid until another connection writes:
+    the pool hands out the connection used last (LIFO), not the one idle longest."""
+
+    def driver(session: Session) -> int:
+        return id(session.connection().connection.driver_connection)
+
+    with rt.db.read() as first, rt.db.read() as second, rt.db.read() as third:
+        opened = {driver(first), driver(second), driver(third)}  # three in the pool
+    assert len(opened) == 3
+    used = [rt.db.transact(driver) for _ in range(5)]
+    assert len(set(used)) == 1 and used[0] in opened
