@@ -71,8 +71,9 @@ def _together(rt: Runtime, *works: Callable[[Session], Any]) -> tuple[list[Any],
 
     async def run() -> tuple[list[Any], int]:
         group = rt.db.grouped()
-        outcomes = await asyncio.gather(
-            *(group.transact(work) for work in works), return_exceptions=True
+        outcomes = await asyncio.wait_for(  # a caller left waiting fails, not hangs
+            asyncio.gather(*(group.transact(work) for work in works), return_exceptions=True),
+            10,
         )
         return outcomes, group.batches
 
@@ -349,3 +350,60 @@ def test_writes_one_after_another_reuse_the_connection_used_last(rt: Runtime) ->
     assert len(opened) == 3
     used = [rt.db.transact(driver) for _ in range(5)]
     assert len(set(used)) == 1 and used[0] in opened
+
+
+def test_no_other_writer_gets_in_between_a_spoilt_batch_and_its_second_try(
+    rt: Runtime,
+) -> None:
+    """The writer slot stays with the batch from its first try to its second: a thread
+    taking it in between would have the batch, spoilt again, tried again and again."""
+    real_write = rt.db.write
+    opened: list[str] = []
+
+    def write(*args: Any, **kwargs: Any) -> Any:
+        if opened:  # the second try: can another thread write now?
+            outcome: list[str] = []
+
+            def other() -> None:
+                try:
+                    with real_write(wait=False):
+                        outcome.append("wrote")
+                except Exception as exc:
+                    outcome.append(type(exc).__name__)
+
+            thread = threading.Thread(target=other)
+            thread.start()
+            thread.join(10)
+            opened.append(outcome[0])
+        opened.append("try")
+        return real_write(*args, **kwargs)
+
+    rt.db.write = write  # type: ignore[method-assign]
+
+    def duplicate(session: Session) -> None:
+        session.add(Row(n=1))
+        session.flush()
+
+    outcomes, _ = _together(rt, _insert(1), duplicate, _insert(3))
+    assert outcomes[0] == 1 and outcomes[2] == 3
+    assert opened == ["try", "WriterBusy", "try"]
+
+
+def test_a_write_cancelled_after_its_commit_is_answered(rt: Runtime) -> None:
+    async def run() -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(rt.db.grouped().transact(_insert(1)))
+        await asyncio.sleep(0)  # it waits for its turn, which comes next
+        loop.call_soon(task.cancel)  # right after the turn has committed it
+        return await task
+
+    assert asyncio.run(run()) == 1 and _rows(rt) == [1]
+
+
+def test_a_write_raising_stop_iteration_fails_alone(rt: Runtime) -> None:
+    def stops(session: Session) -> None:
+        raise StopIteration
+
+    outcomes, _ = _together(rt, _insert(1), stops, _insert(3))
+    assert outcomes[0] == 1 and outcomes[2] == 3
+    assert isinstance(outcomes[1], RuntimeError) and _rows(rt) == [1, 3]

@@ -215,6 +215,14 @@ class Database:
                 session.rollback()
                 raise
 
+    @contextmanager
+    def writer_held(self, *, wait: bool = True) -> Iterator[None]:
+        """The SQLite writer slot held across several write transactions of this thread
+        (re-entrant: their own :meth:`write` takes it again at once). Nothing to hold on
+        PostgreSQL."""
+        with self._writer.held(wait) if self._writer else nullcontext():
+            yield
+
     def transact(self, work: Callable[[Session], _T], *, wait: bool = True) -> _T:
         """``work(session)`` in a write transaction, committed before this returns.
 

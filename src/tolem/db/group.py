@@ -79,7 +79,18 @@ class GroupCommit:
         self._waiting.append(write)
         if self._turn is None:
             self._turn = self.loop.call_soon(self._run)
-        return cast(_T, await write.future)
+        try:
+            return cast(_T, await write.future)
+        except asyncio.CancelledError:
+            future = write.future
+            if not future.done() or future.cancelled():
+                raise  # left out of its batch: nothing of it was written
+            # Cancelled after its write committed: what was written is answered (an
+            # Idempotency-Key's replay depends on it), the cancellation is dropped.
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return cast(_T, future.result())
 
     def _run(self) -> None:
         self._turn = None
@@ -116,17 +127,20 @@ class GroupCommit:
             except Exception as exc:
                 write.outcome = (False, exc)
             return
-        try:
-            with self.db.write(wait=False) as session:
-                self._each_in_a_savepoint(session, batch)
-        except _Spoilt:  # rolled back: again, each write in the ORM's own savepoint
-            with self.db.write(wait=False) as session:
-                for write in batch:
-                    try:
-                        with session.begin_nested():
-                            write.outcome = (True, write.work(session))
-                    except Exception as exc:
-                        write.outcome = (False, exc)
+        # The writer slot is held across both tries: between them a waiting thread
+        # would take it, and the batch, spoilt again, would be tried again and again.
+        with self.db.writer_held(wait=False):
+            try:
+                with self.db.write(wait=False) as session:
+                    self._each_in_a_savepoint(session, batch)
+            except _Spoilt:  # rolled back: again, each write in the ORM's own savepoint
+                with self.db.write(wait=False) as session:
+                    for write in batch:
+                        try:
+                            with session.begin_nested():
+                                write.outcome = (True, write.work(session))
+                        except Exception as exc:
+                            write.outcome = (False, exc)
 
     @staticmethod
     def _each_in_a_savepoint(session: Session, batch: list[_Write]) -> None:
@@ -181,5 +195,7 @@ def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         return
     if ok:
         future.set_result(value)
+    elif isinstance(value, StopIteration):  # a future refuses it (TypeError)
+        future.set_exception(RuntimeError(f"the write raised {value!r}"))
     else:
         future.set_exception(value)

@@ -127,10 +127,15 @@ class _Recorder:
             batch, self._pending = self._pending, []
             if not batch:
                 continue
+            stopping: BaseException | None = None
             try:
                 states = await self._write([(c, r) for c, r, _ in batch])
-            except Exception as exc:
+            except asyncio.CancelledError:
+                raise
+            except BaseException as exc:  # the recorder goes on, whatever one batch met
                 states = [exc] * len(batch)
+                if isinstance(exc, KeyboardInterrupt | SystemExit):
+                    stopping = exc
             for (_, _, done), state in zip(batch, states, strict=True):
                 if done.done():  # its task was cancelled meanwhile
                     continue
@@ -138,6 +143,8 @@ class _Recorder:
                     done.set_exception(state)
                 else:
                     done.set_result(state)
+            if stopping is not None:
+                raise stopping
 
 
 class DeliveryWorker:
@@ -258,19 +265,30 @@ class DeliveryWorker:
         each from the start cost two statements per attempt, for a failure that hardly
         ever comes.)"""
         schedule = self.schedule
+        failed: list[Exception] = []
 
         def one(
             claimed: service.Claimed, result: service.AttemptResult
         ) -> Callable[[Session], str]:
             return lambda session: service.record(session, claimed, result, schedule=schedule)
 
+        def every(session: Session) -> list[str]:
+            states = []
+            for claimed, result in batch:
+                try:
+                    states.append(one(claimed, result)(session))
+                except Exception as exc:
+                    failed.append(exc)
+                    raise
+            return states
+
         try:
-            return list(
-                await self._transact(lambda session: [one(c, r)(session) for c, r in batch])
-            )
-        except Exception as exc:
+            return list(await self._transact(every))
+        except Exception:
+            if not failed:  # the transaction itself failed: every result with it
+                raise
             if len(batch) == 1:
-                return [exc]
+                return [failed[0]]
         return list(
             await asyncio.gather(
                 *(self._transact(one(c, r)) for c, r in batch), return_exceptions=True
