@@ -11,12 +11,14 @@ import dataclasses
 import functools
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -512,6 +514,31 @@ def test_cors_preflight_is_answered(shop: Shop, path: str) -> None:
     assert response.headers["access-control-allow-origin"] in ("*", "https://shop.example")
     assert "POST" in response.headers["access-control-allow-methods"]
     assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/oauth2/token", "/payment/cryptopay", "/api/payment/cryptopay", "/payments/cards/auth"],
+)
+def test_client_gone_mid_body_is_not_an_error(shop: Shop, path: str) -> None:
+    """A client that closes its connection before sending the whole body: nothing runs,
+    the access line says 499, and no error (nor traceback) is logged."""
+    before = len(shop.gw.log_text())
+    bearer = shop.token(new_invoice())
+    url = urlsplit(shop.gw.base_url)
+    with socket.create_connection((url.hostname, url.port)) as raw:
+        raw.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: tolem\r\nContent-Type: application/json\r\n"
+            f"Authorization: Bearer {bearer}\r\nContent-Length: 500\r\n\r\n"
+            '{"amount": 100, "currency": '.encode()
+        )
+        time.sleep(0.2)  # the request is under way, waiting for the rest of its body
+    line = f'"POST {path} HTTP/1.1" 499'
+    deadline = time.monotonic() + 10
+    while line not in (log := shop.gw.log_text()[before:]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert line in log, log
+    assert "unhandled error" not in log and "Traceback" not in log, log
 
 
 # --- links bound in the token ---------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from tolem.logs import request_id
@@ -31,6 +32,9 @@ log = logging.getLogger("tolem.errors")
 API_ERROR = 100
 #: Reason code 477, "format error": a field that is missing or malformed.
 FORMAT_ERROR = 477
+#: The access line's status of a request whose client went away before sending all of
+#: its body (nginx's "client closed request"); nothing is sent.
+CLIENT_GONE = 499
 
 
 class TolemError(Exception):
@@ -91,6 +95,12 @@ def install_handlers(app: FastAPI) -> None:
             headers=dict(exc.headers or {}),
         )
 
+    async def client_gone(_request: Request, exc: Exception) -> Response:
+        # Not the gateway's error: the request was never whole, so nothing of it ran.
+        assert isinstance(exc, ClientDisconnect)
+        log.info("the client went away before sending the whole request")
+        return Response(status_code=CLIENT_GONE)
+
     async def unexpected(_request: Request, exc: Exception) -> Response:
         log.exception("unhandled error: %s", type(exc).__name__)
         # Starlette answers an unhandled error from its outermost middleware, outside
@@ -105,4 +115,5 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TolemError, tolem_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(ClientDisconnect, client_gone)
     app.add_exception_handler(Exception, unexpected)
