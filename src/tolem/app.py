@@ -171,6 +171,7 @@ def create_app(
                     continue
                 with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(task, settings.postlink_timeout + 2)
+            await rt.db.dispose_on_the_loop()
             rt.close()
 
     app = FastAPI(

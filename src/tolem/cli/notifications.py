@@ -114,6 +114,7 @@ def _work(database_url: str | None, mode: Mode | None, stops: _StopRequests) -> 
             finally:
                 stop.set()
                 await recovering
+                await rt.db.dispose_on_the_loop()
                 # Ours again before the loop closes (closing would put the defaults
                 # back): a second request while closing is not a death by signal.
                 for signum in _STOP_SIGNALS:

@@ -60,9 +60,9 @@ class Direct:
             params[name] if process is None else process(params[name])
             for name, process in zip(prepared.names, prepared.processors, strict=True)
         ]
-        driver = connection.connection.driver_connection
-        assert driver is not None
-        cursor = driver.cursor()
+        # The DB-API connection: psycopg's own, or on the event loop SQLAlchemy's
+        # adapter of its asynchronous one (tolem.db.engine.Database.transact_on_the_loop).
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             if prepared.positional:
                 cursor.execute(prepared.sql, values)

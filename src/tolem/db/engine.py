@@ -17,17 +17,24 @@ Writers in other processes (more workers, the CLI) queue on a second lock: an ad
 ``flock`` on ``<database file>-writer.lock``, taken by the thread that holds the
 process's lock. Waiting on it polls every 0.2 to 2 ms, where SQLite's busy handler
 sleeps up to 100 ms between tries; the kernel lets go of it when a process dies.
+
+The event loop writes without a thread (:meth:`Database.transact_on_the_loop`): on SQLite
+through the loop's group commit (tolem.db.group), on PostgreSQL through psycopg's
+asynchronous connection, the same synchronous work run by SQLAlchemy's asyncio bridge
+(``AsyncSession.run_sync``: its statements wait on the loop, not in a thread).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,6 +46,12 @@ except ImportError:  # not on Windows: writers in other processes meet on the bu
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 if TYPE_CHECKING:
@@ -76,13 +89,23 @@ def make_engine(
         )
         _configure_sqlite(engine, sqlite_synchronous, autocheckpoint=sqlite_autocheckpoint)
         return engine
-    return create_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        hide_parameters=True,
-    )
+    return create_engine(url, **_postgresql_pool(pool_size))
+
+
+def _need_greenlet() -> None:
+    """PostgreSQL's payments run through SQLAlchemy's asyncio bridge, which needs
+    greenlet: say so at start-up, not at the first payment."""
+    if importlib.util.find_spec("greenlet") is None:
+        raise RuntimeError("PostgreSQL needs the greenlet package: pip install 'tolem[postgres]'")
+
+
+def _postgresql_pool(pool_size: int = 20) -> dict[str, Any]:
+    return {
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        "pool_pre_ping": True,
+        "hide_parameters": True,  # a failed statement's values stay out of the logs
+    }
 
 
 def _configure_sqlite(engine: Engine, synchronous: str, *, autocheckpoint: bool) -> None:
@@ -166,6 +189,8 @@ class Database:
         """``background_checkpoints``: on a SQLite file, a :class:`Checkpointer` thread
         checkpoints the WAL instead of the writers (for a serving process)."""
         self.url = url
+        if not url.startswith("sqlite"):
+            _need_greenlet()
         path = _database_file(url)  # None: PostgreSQL, or SQLite in memory
         background = background_checkpoints and path is not None
         self.engine = make_engine(
@@ -184,6 +209,11 @@ class Database:
         self._writer = _WriterLock(lock_file) if self.is_sqlite else None
         self._checkpointer: Checkpointer | None = None
         self._group: GroupCommit | None = None
+        # PostgreSQL on the event loop: an engine per loop (a pool's waiters belong to
+        # the loop that made them), made at its first use.
+        self._on_loops: dict[
+            asyncio.AbstractEventLoop, tuple[AsyncEngine, async_sessionmaker[AsyncSession]]
+        ] = {}
         if background and path is not None and self._writer is not None:
             self._checkpointer = Checkpointer(path, self._writer, synchronous=sqlite_synchronous)
 
@@ -233,6 +263,45 @@ class Database:
         with self.write(wait=wait) as session:
             return work(session)
 
+    async def transact_on_the_loop(self, work: Callable[[Session], _T]) -> _T:
+        """``work(session)`` in a write transaction, committed before this returns,
+        without a thread: on SQLite it joins the loop's group commit (tolem.db.group), on
+        PostgreSQL its statements wait on the loop (psycopg's asynchronous connection).
+
+        A thread's statements wait for the interpreter lock behind a busy loop, up to
+        5 ms each (the switch interval); this costs none of that (BENCHMARKS.md, "Sixth
+        round"). ``work`` must not wait for anything but the database."""
+        if self.is_sqlite:
+            return await self.grouped().transact(work)
+        async with self._loop_sessions()() as session, session.begin():
+            return await session.run_sync(work)
+
+    async def read_on_the_loop(self, work: Callable[[Session], _T]) -> _T:
+        """``work(session)`` in a read-only transaction, without a thread (on SQLite a
+        WAL reader never waits: the work runs at once)."""
+        if self.is_sqlite:
+            with self.read() as session:
+                return work(session)
+        async with self._loop_sessions()() as session:
+            return await session.run_sync(work)
+
+    def _loop_sessions(self) -> async_sessionmaker[AsyncSession]:
+        loop = asyncio.get_running_loop()
+        made = self._on_loops.get(loop)
+        if made is None:
+            engine = create_async_engine(self.url, **_postgresql_pool())
+            sessions = async_sessionmaker(
+                engine, expire_on_commit=False, info={"directory": self.directory}
+            )
+            made = self._on_loops[loop] = (engine, sessions)
+        return made[1]
+
+    async def dispose_on_the_loop(self) -> None:
+        """Close the running loop's PostgreSQL connections (before the loop ends)."""
+        made = self._on_loops.pop(asyncio.get_running_loop(), None)
+        if made is not None:
+            await made[0].dispose()
+
     def grouped(self) -> GroupCommit:
         """The running event loop's :class:`~tolem.db.group.GroupCommit` (SQLite): its
         ``await transact(work)`` gathers the writes of one turn into one commit."""
@@ -257,6 +326,13 @@ class Database:
     def dispose(self) -> None:
         if self._checkpointer is not None:
             self._checkpointer.stop()
+        # Connections of loops that ended without dispose_on_the_loop: psycopg closes
+        # an asynchronous connection on any loop, so a loop of its own does it, in a
+        # thread of its own (this one may be running a loop).
+        while self._on_loops:
+            _loop, (engine, _sessions) = self._on_loops.popitem()
+            with ThreadPoolExecutor(1) as closer:
+                closer.submit(asyncio.run, engine.dispose()).result()
         self.engine.dispose()
         if self._writer is not None:
             self._writer.close()

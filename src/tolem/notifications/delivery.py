@@ -205,12 +205,8 @@ class DeliveryWorker:
 
     async def _claim(self, limit: int) -> list[service.Claimed]:
         now = utcnow()
-        # A cheap look first: claiming takes the writer.
-        if self.rt.db.is_sqlite:  # one indexed read; WAL readers never wait
-            due = self._due(now)
-        else:
-            due = await asyncio.to_thread(self._due, now)
-        if not due:
+        # A cheap look first (one indexed read): claiming takes the writer.
+        if not await self.rt.db.read_on_the_loop(lambda session: self._due(session, now)):
             return []
         return await self._transact(
             lambda session: service.claim(
@@ -218,27 +214,25 @@ class DeliveryWorker:
             )
         )
 
-    def _due(self, now: datetime) -> bool:
-        with self.rt.db.read() as session:
-            due = session.scalars(
-                select(Notification.id)
-                .where(
-                    Notification.state == NotificationState.PENDING.value,
-                    Notification.next_attempt_at <= now,
-                )
-                .limit(1)
-            ).first()
+    @staticmethod
+    def _due(session: Session, now: datetime) -> bool:
+        due = session.scalars(
+            select(Notification.id)
+            .where(
+                Notification.state == NotificationState.PENDING.value,
+                Notification.next_attempt_at <= now,
+            )
+            .limit(1)
+        ).first()
         return due is not None
 
     async def _transact(self, work: Callable[[Session], _T]) -> _T:
-        """A write transaction. On SQLite it joins the event loop's group commit
-        (tolem.db.group), beside the payments of the same process: a thread would
-        compete with the loop for the writer and the GIL, and, with the loop busy, waited
-        up to 5 ms (the GIL's switch interval) for each statement while it held the
-        writer (BENCHMARKS.md, "Fifth round"). Elsewhere it runs in a thread."""
-        if self.rt.db.is_sqlite:
-            return await self.rt.db.grouped().transact(work)
-        return await asyncio.to_thread(self.rt.db.transact, work)
+        """A write transaction on the event loop, beside the payments of the same
+        process (on SQLite in their group commit): a thread would compete with the loop
+        for the GIL and, with the loop busy, waited up to 5 ms (the switch interval) for
+        each statement, on SQLite holding the writer meanwhile (BENCHMARKS.md, "Fifth
+        round" and "Sixth round")."""
+        return await self.rt.db.transact_on_the_loop(work)
 
     async def _deliver(self, client: httpx.AsyncClient, claimed: service.Claimed) -> None:
         result = await self.attempt(client, claimed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from tolem import carddata, fields, wire
@@ -58,12 +57,9 @@ async def cryptopay(request: Request) -> Response:
     except wire.BodyError as exc:
         raise BadRequest(str(exc), code=477, **_EMPTY_INVOICE) from exc
     ctx = service.PaymentContext(token=token, ip=request.client.host if request.client else "")
-    if rt.db.is_sqlite:
-        # On the event loop: a thread costs more than the payment's own SQLite work
-        # (BENCHMARKS.md, "Third round"); one commit for the payments of a turn.
-        tx, challenge = await service.pay_on_the_loop(rt, ctx, *_prepare(rt, data))
-    else:
-        tx, challenge = await run_in_threadpool(_pay, rt, ctx, data)
+    # On the event loop: a thread costs more than the payment's own database work
+    # (BENCHMARKS.md, "Third round" and "Sixth round").
+    tx, challenge = await service.pay_on_the_loop(rt, ctx, *_prepare(rt, data))
     if challenge is not None:
         return wire.json_response(challenge_body(tx, challenge))
     return wire.json_response(payment_body(tx))
@@ -87,12 +83,6 @@ def _prepare(rt: Runtime, data: dict[str, Any]) -> tuple[service.PaymentOrder, C
     except CryptogramError as exc:
         raise BadRequest(str(exc), code=477, **invoice_of(data)) from exc
     return body.order(), card, card_terminal
-
-
-def _pay(
-    rt: Runtime, ctx: service.PaymentContext, data: dict[str, Any]
-) -> tuple[Transaction, Challenge | None]:
-    return service.pay(rt, ctx, *_prepare(rt, data))
 
 
 def invoice_of(data: dict[str, Any]) -> dict[str, str]:

@@ -443,14 +443,15 @@ async def pay_on_the_loop(
     card: Card,
     card_terminal: str,
 ) -> tuple[Transaction, Challenge | None]:
-    """:func:`pay` without a thread, for SQLite: the payment's transaction joins the
-    loop's group commit (tolem.db.group), one commit for the payments of a turn. A
+    """:func:`pay` without a thread (``Database.transact_on_the_loop``): on SQLite the
+    payment's transaction joins the loop's group commit (tolem.db.group), one commit
+    for the payments of a turn; on PostgreSQL its statements wait on the loop. A
     payment that needs a connector's network call is undone and made again by
     :func:`pay` in a thread."""
     terminal_id = check_binding(ctx.token, order, card_terminal)
     work = _payment(rt, ctx, order, card, terminal_id, on_the_loop=True)
     try:
-        tx, _terminal, challenge, _connector = await rt.db.grouped().transact(work)
+        tx, _terminal, challenge, _connector = await rt.db.transact_on_the_loop(work)
     except WouldBlock:  # a connector: nothing was kept; its call runs in a thread
         return await run_in_threadpool(pay, rt, ctx, order, card, card_terminal)
     return _answered(tx, challenge)
