@@ -127,26 +127,66 @@ class _OffTheLoop:
         return ProcessorResult(approved=True, reason_code=0, rrn="123456789012")
 
 
-def test_a_payment_that_needs_a_connector_gives_way_on_the_event_loop(rt: Runtime) -> None:
-    """pay_on_the_loop never calls a connector on the loop: its claim there is undone,
-    and the payment is made again in a thread."""
-    invoice = f"{secrets.randbelow(10**9):09d}"
-    ctx, order = _context(rt, invoice), _order(invoice)
-    connector = _OffTheLoop()
-    rt.acquirer = connector  # type: ignore[assignment]
+def _live_terminal(rt: Runtime) -> None:
     with rt.db.write() as session:
         session.execute(
             update(Terminal).where(Terminal.id == SANDBOX_TERMINAL_ID).values(is_test=False)
         )
     rt.db.directory.forget()
-    loop_thread: list[threading.Thread] = []
 
-    async def on_the_loop() -> tuple[Transaction, object]:
-        loop_thread.append(threading.current_thread())
-        return await service.pay_on_the_loop(rt, ctx, order, CARD, SANDBOX_TERMINAL_ID)
 
-    tx, challenge = asyncio.run(on_the_loop())
+def _pay_on_the_loop(rt: Runtime, invoice: str) -> tuple[Transaction, object, threading.Thread]:
+    async def on_the_loop() -> tuple[Transaction, object, threading.Thread]:
+        ctx, order = _context(rt, invoice), _order(invoice)
+        tx, challenge = await service.pay_on_the_loop(rt, ctx, order, CARD, SANDBOX_TERMINAL_ID)
+        return tx, challenge, threading.current_thread()
+
+    return asyncio.run(on_the_loop())
+
+
+def _counting_claims(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    claims: list[str] = []
+    claim = service.claim
+
+    def counted(*args: object, **kwargs: object) -> object:
+        claims.append(threading.current_thread().name)
+        return claim(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(service, "claim", counted)
+    return claims
+
+
+def test_a_gateway_with_a_connector_pays_in_a_thread_claiming_once(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pay_on_the_loop never calls a connector on the loop: with one configured, the
+    payment goes to a thread at once (not claimed on the loop, undone, claimed again)."""
+    invoice = f"{secrets.randbelow(10**9):09d}"
+    connector = _OffTheLoop()
+    rt.acquirer = connector  # type: ignore[assignment]
+    _live_terminal(rt)
+    claims = _counting_claims(monkeypatch)
+    tx, challenge, loop_thread = _pay_on_the_loop(rt, invoice)
     assert challenge is None and tx.status == "AUTH"
-    assert len(connector.threads) == 1 and connector.threads[0] is not loop_thread[0]
+    assert len(connector.threads) == 1 and connector.threads[0] is not loop_thread
+    assert len(claims) == 1 and claims[0] != loop_thread.name
+    assert _counts(rt, invoice) == (1, 2, 0, 1)
+
+
+def test_a_terminal_that_turns_out_to_need_a_connector_gives_way_on_the_loop(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The safety net: a terminal whose acquirer is found to be a connector only in the
+    claim made on the loop has that claim undone, and the payment is made in a thread."""
+    invoice = f"{secrets.randbelow(10**9):09d}"
+    connector = _OffTheLoop()
+    assert rt.acquirer is None
+    monkeypatch.setattr(rt, "acquirer_for", lambda terminal: connector)
+    _live_terminal(rt)
+    claims = _counting_claims(monkeypatch)
+    tx, challenge, loop_thread = _pay_on_the_loop(rt, invoice)
+    assert challenge is None and tx.status == "AUTH"
+    assert len(connector.threads) == 1 and connector.threads[0] is not loop_thread
+    assert len(claims) == 2 and claims[0] == loop_thread.name != claims[1]
     # One payment: the claim made on the loop left nothing (its invoice was free again).
     assert _counts(rt, invoice) == (1, 2, 0, 1)

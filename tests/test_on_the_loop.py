@@ -150,3 +150,41 @@ def test_postgresql_without_greenlet_is_refused_at_once(monkeypatch: pytest.Monk
     monkeypatch.setitem(sys.modules, "greenlet", None)  # as if it were not installed
     with pytest.raises(RuntimeError, match=r"pip install 'tolem\[postgres\]'"):
         Database("postgresql+psycopg://nobody@127.0.0.1:1/none")
+
+
+def test_a_postgresql_write_runs_to_its_end_when_its_caller_is_cancelled(
+    postgresql: Database,
+) -> None:
+    """A COMMIT already sent cannot be taken back: the write ends all the same, and its
+    caller gets the answer (as group commit answers a write committed before the
+    cancellation); a write that fails meanwhile gives the caller its cancellation."""
+    db = postgresql
+
+    def slow(code: str, fail: bool = False) -> object:
+        def work(session: Session) -> str:
+            session.execute(text("SELECT pg_sleep(0.3)"))
+            Direct(INSERT).execute(session, _row(code))
+            if fail:
+                raise RuntimeError("after the insert")
+            return code
+
+        return work
+
+    async def cancelled_meanwhile(work: object) -> object:
+        task = asyncio.create_task(db.transact_on_the_loop(work))  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        task.cancel()
+        try:
+            return await task
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    async def main() -> tuple[object, object, int]:
+        kept = await cancelled_meanwhile(slow("kept"))
+        failed = await cancelled_meanwhile(slow("failed", fail=True))
+        count = await db.read_on_the_loop(_count)
+        await db.dispose_on_the_loop()
+        return kept, failed, count
+
+    assert asyncio.run(main()) == ("kept", "cancelled", 1)
+    assert _stored(db, "kept")[0] == "kept"

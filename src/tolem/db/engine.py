@@ -65,12 +65,17 @@ _WRITE = "tolem_write"
 #: writer lock before it).
 BUSY_TIMEOUT = 30
 
+#: PostgreSQL connections a process keeps for its threads and for its event loop (at
+#: most twice as many at once: the overflow is closed when it comes back).
+THREAD_POOL = 20
+LOOP_POOL = 20
+
 
 def make_engine(
     url: str,
     *,
     sqlite_synchronous: str = "NORMAL",
-    pool_size: int = 20,
+    pool_size: int = THREAD_POOL,
     sqlite_autocheckpoint: bool = True,
 ) -> Engine:
     """``sqlite_autocheckpoint=False``: this engine's connections never checkpoint the
@@ -92,6 +97,26 @@ def make_engine(
     return create_engine(url, **_postgresql_pool(pool_size))
 
 
+async def _to_its_end(task: asyncio.Future[_T]) -> _T:
+    """``task``'s outcome, waiting for its end even if the caller is cancelled meanwhile:
+    a result is then returned all the same (the caller's cancellations dropped); a
+    failure is raised as the cancellation."""
+    cancelled = 0
+    while not task.done():
+        try:
+            await asyncio.wait((task,))  # cancelling the wait leaves the task running
+        except asyncio.CancelledError:
+            cancelled += 1
+    if cancelled and (task.cancelled() or task.exception() is not None):
+        raise asyncio.CancelledError
+    result = task.result()  # the task's own error, if any
+    current = asyncio.current_task()
+    for _ in range(cancelled):
+        if current is not None:
+            current.uncancel()
+    return result
+
+
 def _need_greenlet() -> None:
     """PostgreSQL's payments run through SQLAlchemy's asyncio bridge, which needs
     greenlet: say so at start-up, not at the first payment."""
@@ -99,7 +124,7 @@ def _need_greenlet() -> None:
         raise RuntimeError("PostgreSQL needs the greenlet package: pip install 'tolem[postgres]'")
 
 
-def _postgresql_pool(pool_size: int = 20) -> dict[str, Any]:
+def _postgresql_pool(pool_size: int = THREAD_POOL) -> dict[str, Any]:
     return {
         "pool_size": pool_size,
         "max_overflow": pool_size,
@@ -270,11 +295,21 @@ class Database:
 
         A thread's statements wait for the interpreter lock behind a busy loop, up to
         5 ms each (the switch interval); this costs none of that (BENCHMARKS.md, "Sixth
-        round"). ``work`` must not wait for anything but the database."""
+        round"). ``work`` must not wait for anything but the database.
+
+        A caller cancelled meanwhile: on SQLite, left out if its batch has not run; on
+        PostgreSQL the transaction runs to its end all the same (a COMMIT already sent
+        cannot be taken back). Either way a write that committed is answered, the
+        cancellation dropped (an Idempotency-Key's replay depends on it)."""
         if self.is_sqlite:
             return await self.grouped().transact(work)
-        async with self._loop_sessions()() as session, session.begin():
-            return await session.run_sync(work)
+        sessions = self._loop_sessions()
+
+        async def transaction() -> _T:
+            async with sessions() as session, session.begin():
+                return await session.run_sync(work)
+
+        return await _to_its_end(asyncio.ensure_future(transaction()))
 
     async def read_on_the_loop(self, work: Callable[[Session], _T]) -> _T:
         """``work(session)`` in a read-only transaction, without a thread (on SQLite a
@@ -289,7 +324,9 @@ class Database:
         loop = asyncio.get_running_loop()
         made = self._on_loops.get(loop)
         if made is None:
-            engine = create_async_engine(self.url, **_postgresql_pool())
+            # As large as the threads' pool: with 10, payments and postLinks waited for
+            # connections (BENCHMARKS.md, "Sixth round"; docs/operations.md).
+            engine = create_async_engine(self.url, **_postgresql_pool(LOOP_POOL))
             sessions = async_sessionmaker(
                 engine, expire_on_commit=False, info={"directory": self.directory}
             )

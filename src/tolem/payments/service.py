@@ -446,8 +446,11 @@ async def pay_on_the_loop(
     """:func:`pay` without a thread (``Database.transact_on_the_loop``): on SQLite the
     payment's transaction joins the loop's group commit (tolem.db.group), one commit
     for the payments of a turn; on PostgreSQL its statements wait on the loop. A
-    payment that needs a connector's network call is undone and made again by
-    :func:`pay` in a thread."""
+    payment that needs a connector's network call is made by :func:`pay` in a thread:
+    at once when the gateway has a connector (its payments would mostly be claimed here,
+    undone and claimed again), else if its terminal turns out to need one."""
+    if rt.acquirer is not None:
+        return await run_in_threadpool(pay, rt, ctx, order, card, card_terminal)
     terminal_id = check_binding(ctx.token, order, card_terminal)
     work = _payment(rt, ctx, order, card, terminal_id, on_the_loop=True)
     try:
