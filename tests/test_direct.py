@@ -8,6 +8,7 @@ database holds, then check the errors and the row counts.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -46,12 +47,21 @@ INSERT = insert(rows)
 SET_NOTE = update(rows).where(rows.c.code == bindparam("where_code"))
 
 
+@contextmanager
+def database_with_rows(url: str) -> Iterator[Database]:
+    """A Database on ``url`` (empty) with the table of these tests."""
+    database = Database(url)
+    metadata.create_all(database.engine)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
 @pytest.fixture
 def db(postgres_or_sqlite_empty_url: str) -> Iterator[Database]:
-    database = Database(postgres_or_sqlite_empty_url)
-    metadata.create_all(database.engine)
-    yield database
-    database.dispose()
+    with database_with_rows(postgres_or_sqlite_empty_url) as database:
+        yield database
 
 
 def _row(code: str, note: str | None = "ж'\"; --") -> dict[str, object]:

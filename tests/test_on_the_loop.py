@@ -22,17 +22,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tests.conftest import fresh_postgres
-from tests.test_direct import INSERT, _row, _stored, metadata
+from tests.test_direct import INSERT, _row, _stored, database_with_rows
 from tolem.db.direct import Direct
 from tolem.db.engine import Database
 
 
 @pytest.fixture
 def db(postgres_or_sqlite_empty_url: str) -> Iterator[Database]:
-    database = Database(postgres_or_sqlite_empty_url)
-    metadata.create_all(database.engine)
-    yield database
-    database.dispose()
+    with database_with_rows(postgres_or_sqlite_empty_url) as database:
+        yield database
 
 
 def _count(session: Session) -> int:
@@ -86,11 +84,8 @@ def test_a_write_that_raises_leaves_nothing(db: Database) -> None:
 
 @pytest.fixture
 def postgresql() -> Iterator[Database]:
-    with fresh_postgres("tolem_loop") as url:
-        database = Database(url)
-        metadata.create_all(database.engine)
+    with fresh_postgres("tolem_loop") as url, database_with_rows(url) as database:
         yield database
-        database.dispose()
 
 
 def test_postgresql_statements_wait_on_the_loop_not_in_turn(postgresql: Database) -> None:
