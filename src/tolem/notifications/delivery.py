@@ -23,7 +23,6 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
@@ -36,8 +35,6 @@ from tolem.db.base import utcnow
 from tolem.notifications import service, signing
 from tolem.notifications.models import Notification, NotificationState
 from tolem.runtime import Runtime
-
-_T = TypeVar("_T")
 
 log = logging.getLogger("tolem.notifications")
 
@@ -208,7 +205,11 @@ class DeliveryWorker:
         # A cheap look first (one indexed read): claiming takes the writer.
         if not await self.rt.db.read_on_the_loop(lambda session: self._due(session, now)):
             return []
-        return await self._transact(
+        # Claims and records are writes on the event loop, beside the payments of the
+        # process (on SQLite in their group commit): in a thread, each statement waited
+        # for the GIL behind the busy loop, on SQLite holding the writer meanwhile
+        # (BENCHMARKS.md, "Fifth round" and "Sixth round").
+        return await self.rt.db.transact_on_the_loop(
             lambda session: service.claim(
                 session, now=now, limit=limit, lease=self.lease, max_steps=len(self.schedule) + 1
             )
@@ -225,14 +226,6 @@ class DeliveryWorker:
             .limit(1)
         ).first()
         return due is not None
-
-    async def _transact(self, work: Callable[[Session], _T]) -> _T:
-        """A write transaction on the event loop, beside the payments of the same
-        process (on SQLite in their group commit): a thread would compete with the loop
-        for the GIL and, with the loop busy, waited up to 5 ms (the switch interval) for
-        each statement, on SQLite holding the writer meanwhile (BENCHMARKS.md, "Fifth
-        round" and "Sixth round")."""
-        return await self.rt.db.transact_on_the_loop(work)
 
     async def _deliver(self, client: httpx.AsyncClient, claimed: service.Claimed) -> None:
         result = await self.attempt(client, claimed)
@@ -277,7 +270,7 @@ class DeliveryWorker:
             return states
 
         try:
-            return list(await self._transact(every))
+            return list(await self.rt.db.transact_on_the_loop(every))
         except Exception:
             if not failed:  # the transaction itself failed: every result with it
                 raise
@@ -285,7 +278,8 @@ class DeliveryWorker:
                 return [failed[0]]
         return list(
             await asyncio.gather(
-                *(self._transact(one(c, r)) for c, r in batch), return_exceptions=True
+                *(self.rt.db.transact_on_the_loop(one(c, r)) for c, r in batch),
+                return_exceptions=True,
             )
         )
 
