@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import html
 import json
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from tests.support import Gateway, free_port, new_invoice, payment_body, token
+from tests.support import Gateway, free_port, new_invoice, payment_body, served_in_a_thread, token
 
 # The original document's redirect form (seed-api-payment.kk.txt), values escaped.
 THREE_D_FORM = """<body onload="javascript:OnLoadEvent();">
@@ -190,17 +187,6 @@ def shop_app(gw: Gateway, base: str) -> Starlette:
 @contextmanager
 def running_shop(gw: Gateway) -> Iterator[str]:
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = uvicorn.Server(
-        uvicorn.Config(shop_app(gw, base), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
+    app = shop_app(gw, f"http://127.0.0.1:{port}")
+    with served_in_a_thread(app, port=port, log_level="warning", timeout=10) as base:
         yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)

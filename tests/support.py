@@ -8,6 +8,8 @@ import os
 import random
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -90,6 +93,29 @@ class Gateway:
             env=env,
             check=False,
         )
+
+
+@contextmanager
+def served_in_a_thread(
+    app: Any, *, port: int = 0, log_level: str = "critical", timeout: float = 30
+) -> Iterator[str]:
+    """An ASGI app served by uvicorn in a thread of this process, on ``port`` (a free
+    one by default) of 127.0.0.1, its lifespan run: its base URL."""
+    port = port or free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level, lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        assert server.started, "the app did not start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
 
 
 @contextmanager

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -28,6 +26,7 @@ from tests.support import (
     pay,
     payment_body,
     query,
+    served_in_a_thread,
     start_gateway,
     token,
 )
@@ -122,21 +121,8 @@ def gateway_with_a_failing_route(tmp_path: Path) -> Iterator[str]:
         raise RuntimeError("a bug in a route")
 
     app.add_api_route("/broken", broken, methods=["GET", "POST"])
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical", lifespan="on")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    try:
-        assert server.started, "the gateway did not start"
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)
+    with served_in_a_thread(app) as base:
+        yield base
 
 
 def test_an_unhandled_error_answers_500_with_the_request_id(tmp_path: Path) -> None:

@@ -117,6 +117,12 @@ class Settings(BaseSettings):
         description="SQLite `synchronous` pragma in WAL mode: NORMAL survives a process "
         "crash, FULL also a power cut.",
     )
+    decrypt_thread: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="Where a worker RSA-decrypts cryptograms: `on`, in a thread of its own "
+        "beside the event loop (on another core); `off`, on the event loop; `auto`: `on` "
+        "when the workers are fewer than the machine's cores.",
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     access_log: bool = Field(True, description="Log one line per HTTP request.")
     forwarded_allow_ips: str = Field(

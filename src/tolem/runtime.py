@@ -13,6 +13,8 @@ from tolem.db.engine import Database
 from tolem.keys import Keyring, load_keyring
 from tolem.merchants.models import Terminal
 from tolem.oauth.tokens import TokenSealer
+from tolem.payments import cryptogram
+from tolem.payments.cryptogram import SideDecrypter
 from tolem.processor import load_acquirer
 from tolem.processor.base import Acquirer
 from tolem.processor.simulator import Simulator
@@ -28,6 +30,7 @@ class Runtime:
     simulator: Simulator
     acquirer: Acquirer | None  # the live connector; None in sandbox mode
     velocity_limits: velocity.Limits  # the card-testing defence's limits (all off in sandbox)
+    decrypter: SideDecrypter | None = None  # cryptograms decrypted beside the loop, or not
 
     @classmethod
     def start(cls, settings: Settings) -> Runtime:
@@ -62,6 +65,9 @@ class Runtime:
             ),
             acquirer=acquirer,
             velocity_limits=limits,
+            decrypter=SideDecrypter()
+            if cryptogram.wanted(settings.decrypt_thread, settings.workers)
+            else None,
         )
 
     def acquirer_for(self, terminal: Terminal) -> Acquirer:
@@ -71,6 +77,8 @@ class Runtime:
         return self.acquirer
 
     def close(self) -> None:
+        if self.decrypter is not None:
+            self.decrypter.close()
         self.db.dispose()
 
 

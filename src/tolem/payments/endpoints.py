@@ -57,9 +57,10 @@ async def cryptopay(request: Request) -> Response:
     except wire.BodyError as exc:
         raise BadRequest(str(exc), code=477, **_EMPTY_INVOICE) from exc
     ctx = service.PaymentContext(token=token, ip=request.client.host if request.client else "")
+    order, card, card_terminal = await _prepare(rt, data)
     # On the event loop: a thread costs more than the payment's own database work
     # (BENCHMARKS.md, "Third round" and "Sixth round").
-    tx, challenge = await service.pay_on_the_loop(rt, ctx, *_prepare(rt, data))
+    tx, challenge = await service.pay_on_the_loop(rt, ctx, order, card, card_terminal)
     if challenge is not None:
         return wire.json_response(challenge_body(tx, challenge))
     return wire.json_response(payment_body(tx))
@@ -72,14 +73,18 @@ def _lenient(raw: bytes) -> dict[str, Any]:
         return {}
 
 
-def _prepare(rt: Runtime, data: dict[str, Any]) -> tuple[service.PaymentOrder, Card, str]:
-    """The order, and the card and terminal its cryptogram holds."""
+async def _prepare(rt: Runtime, data: dict[str, Any]) -> tuple[service.PaymentOrder, Card, str]:
+    """The order, and the card and terminal its cryptogram holds (decrypted beside the
+    loop where the worker has a core to spare: tolem.payments.cryptogram.SideDecrypter)."""
     try:
         body = parse_cryptopay(data)
     except fields.FieldError as exc:
         raise BadRequest(str(exc), code=exc.code, **invoice_of(data)) from exc
     try:
-        card, card_terminal = decrypt(rt.keys.rsa_private, body.cryptogram)
+        if rt.decrypter is not None:
+            card, card_terminal = await rt.decrypter.decrypt(rt.keys.rsa_private, body.cryptogram)
+        else:
+            card, card_terminal = decrypt(rt.keys.rsa_private, body.cryptogram)
     except CryptogramError as exc:
         raise BadRequest(str(exc), code=477, **invoice_of(data)) from exc
     return body.order(), card, card_terminal
