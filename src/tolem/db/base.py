@@ -7,7 +7,7 @@ import hashlib
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BigInteger, DateTime, MetaData, String, inspect, text
 from sqlalchemy.engine import Dialect
@@ -124,6 +124,46 @@ def insert_row(obj: DeclarativeBase) -> dict[str, Any]:
         setattr(obj, key, value)
         row[column_key] = value
     return row
+
+
+_M = TypeVar("_M", bound=DeclarativeBase)
+
+
+@functools.cache
+def _attribute_keys(cls: type[DeclarativeBase]) -> frozenset[str]:
+    return frozenset(key for key, *_ in _column_defaults(cls))
+
+
+def new_row(cls: type[_M], **values: Any) -> tuple[_M, dict[str, Any]]:
+    """A new ``cls`` holding ``values``, and the row that inserting it writes.
+
+    What ``insert_row(cls(**values))`` gives, for a third of its CPU: the object is made
+    without running the ORM's attribute events (it is in no session, and its row goes in
+    with a Core insert, so there is nothing for them to record). Columns not given get
+    their Python-side defaults, on the object too.
+    """
+    unknown = values.keys() - _attribute_keys(cls)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no column attribute {sorted(unknown)[0]!r}")
+    obj = cls.__mapper__.class_manager.new_instance()
+    state = obj.__dict__
+    row: dict[str, Any] = {}
+    for key, column_key, default, by_database in _column_defaults(cls):
+        if key in values:
+            value = values[key]
+        elif by_database:
+            continue
+        elif default is None:
+            value = None
+        elif default.is_scalar:
+            value = default.arg
+        elif default.is_callable:
+            value = default.arg(None)
+        else:  # a SQL expression or a sequence: the database computes it
+            continue
+        state[key] = value
+        row[column_key] = value
+    return obj, row
 
 
 _ADVISORY_LOCK = text("SELECT pg_advisory_xact_lock(:key)")

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from tolem import wire
-from tolem.db.base import insert_row, utcnow
+from tolem.db.base import new_row, utcnow
 from tolem.db.direct import Direct
 from tolem.merchants.models import Merchant
 from tolem.notifications.body import postlink_body
@@ -68,7 +68,8 @@ def enqueue(session: Session, tx: Transaction, *, event: str = "payment") -> Not
     if not url:
         return None
     now = utcnow()
-    notification = Notification(
+    notification, row = new_row(
+        Notification,
         merchant_id=tx.merchant_id,
         transaction_id=tx.id,
         event=event,
@@ -79,7 +80,7 @@ def enqueue(session: Session, tx: Transaction, *, event: str = "payment") -> Not
         created_at=now,
     )
     # A Core insert, now: the ORM's unit of work would cost more than the statement.
-    _INSERT_NOTIFICATION.execute(session, insert_row(notification))
+    _INSERT_NOTIFICATION.execute(session, row)
     return notification
 
 

@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from tolem import carddata, reasons, velocity
 from tolem.cards import service as cards
 from tolem.cards.vault import CardVault
-from tolem.db.base import insert_row, utcnow
+from tolem.db.base import new_row, utcnow
 from tolem.db.direct import Direct
 from tolem.db.engine import WouldBlock
 from tolem.errors import API_ERROR, BadRequest, PaymentDeclined
@@ -188,7 +188,8 @@ def claim(
     if not body.is_verification and body.amount <= 0:
         raise _reject("amount: must be greater than zero", body, code=470)
     token = ctx.token
-    tx = Transaction(
+    tx, row = new_row(
+        Transaction,
         merchant_id=token.merchant_id,
         terminal_id=terminal.id,
         invoice_id=body.invoice_id,
@@ -223,7 +224,7 @@ def claim(
     if limits is not None:
         velocity.check(session, tx, limits)  # card-testing defence: 491 past a limit
     try:
-        _INSERT_TRANSACTION.execute(session, insert_row(tx))
+        _INSERT_TRANSACTION.execute(session, row)
     except IntegrityError:
         raise _reject(
             f"invoice {body.invoice_id} is already used on this terminal "
