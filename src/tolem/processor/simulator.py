@@ -26,7 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tolem import carddata
-from tolem.db.base import Base, Money, UTCDateTime, insert_row, utcnow
+from tolem.db.base import Base, Money, UTCDateTime, insert_row, new_row, utcnow
 from tolem.db.direct import Direct
 from tolem.db.engine import Database
 from tolem.processor import cards
@@ -216,7 +216,8 @@ def _settled(
     # One draw for the three values: 20 bytes give the RRN's six digits, the approval
     # code's six and intReference's sixteen base-36 characters, each close to uniform.
     draw = int.from_bytes(secrets.token_bytes(20)) if approved else 0
-    return LedgerEntry(
+    entry, _row = new_row(
+        LedgerEntry,
         reference=reference,
         kind=kind,
         auth_reference=auth_reference,
@@ -228,6 +229,7 @@ def _settled(
         int_reference=_int_reference(draw // 10**12 % 36**16) if approved else "",
         issuer=issuer,
     )
+    return entry
 
 
 class AcsAnswer:
