@@ -110,7 +110,7 @@ class SideDecrypter:
     OpenSSL lets go of the GIL while it decrypts, and the decryption is about a third
     of a payment's CPU: in a thread, it runs on another core while the event loop serves
     the next requests. That pays only with a core to spare (fewer busy processes than
-    cores: see :func:`wanted`); one worker on two cores paid 20-28 % more cryptopays a
+    cores: see :func:`wanted`); one worker on two cores paid 16-41 % more cryptopays a
     second this way (BENCHMARKS.md, "Seventh round").
 
     One thread: it takes every cryptogram waiting, decrypts them in turn and hands the
