@@ -187,7 +187,7 @@ def test_auto_decrypts_beside_the_loop_when_a_core_is_spare(
     cores: int,
     wanted: bool,
 ) -> None:
-    monkeypatch.setattr(cryptogram, "spare_cores", lambda: cores)
+    monkeypatch.setattr(cryptogram, "usable_cores", lambda: cores)
     assert cryptogram.wanted(setting, workers) is wanted
 
 
@@ -233,3 +233,76 @@ def test_cryptopay_decrypts_where_the_setting_says(
     on_the_side = [name == "tolem-decrypt" for name in threads_seen]
     assert on_the_side == ([True, True] if setting == "on" else [False, False])
     assert "tolem-decrypt" not in [t.name for t in threading.enumerate()]
+
+
+@pytest.mark.parametrize(
+    ("cpu_max", "cores"),
+    [("max 100000\n", 8), ("100000 100000\n", 1), ("150000 100000", 2), ("50000 100000", 1),
+     ("900000 100000", 8), ("garbage", 8)],
+)  # fmt: skip
+def test_a_containers_cpu_limit_counts_as_fewer_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpu_max: str, cores: int
+) -> None:
+    monkeypatch.setattr(cryptogram.os, "sched_getaffinity", lambda _pid: set(range(8)))
+    limit = tmp_path / "cpu.max"
+    limit.write_text(cpu_max)
+    assert cryptogram.usable_cores(limit) == cores
+    assert cryptogram.usable_cores(tmp_path / "absent") == 8
+
+
+def test_a_panic_in_the_bindings_fails_its_request_only(
+    key: rsa.RSAPrivateKey, side: SideDecrypter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Panic(BaseException):  # what pyo3 raises for a panic in Rust code
+        pass
+
+    def panicky(private_key: Any, text: str) -> tuple[Card, str]:
+        if text == "panic":
+            raise Panic("boom")
+        return decrypt(private_key, text)
+
+    monkeypatch.setattr(cryptogram, "decrypt", panicky)
+    good = sealed(key, CARD)
+
+    async def main() -> list[Any]:
+        return await asyncio.wait_for(
+            asyncio.gather(
+                side.decrypt(key, "panic"), side.decrypt(key, good), return_exceptions=True
+            ),
+            10,
+        )
+
+    failed, paid = asyncio.run(main())
+    assert isinstance(failed, RuntimeError) and "Panic" in str(failed)
+    assert paid == decrypt(key, good)
+
+    async def again() -> tuple[Card, str]:  # the thread lives on
+        return await asyncio.wait_for(side.decrypt(key, good), 10)
+
+    assert asyncio.run(again()) == decrypt(key, good)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_thread_that_dies_is_replaced_and_what_waited_is_answered(
+    key: rsa.RSAPrivateKey, side: SideDecrypter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch = side._batch
+
+    def dies() -> bool:
+        monkeypatch.setattr(side, "_batch", batch)  # the next thread works
+        raise RuntimeError("the thread's own fault")
+
+    monkeypatch.setattr(side, "_batch", dies)
+    good = sealed(key, CARD)
+
+    async def main() -> tuple[Any, Any]:
+        first = asyncio.ensure_future(side.decrypt(key, good))
+        for _ in range(500):  # until the first thread has died
+            await asyncio.sleep(0.01)
+            if side._thread is None:
+                break
+        assert side._thread is None
+        second = await asyncio.wait_for(side.decrypt(key, good), 10)
+        return await asyncio.wait_for(first, 10), second
+
+    assert asyncio.run(main()) == (decrypt(key, good), decrypt(key, good))

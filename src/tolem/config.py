@@ -121,7 +121,8 @@ class Settings(BaseSettings):
         "auto",
         description="Where a worker RSA-decrypts cryptograms: `on`, in a thread of its own "
         "beside the event loop (on another core); `off`, on the event loop; `auto`: `on` "
-        "when the workers are fewer than the machine's cores.",
+        "when the workers are fewer than the cores the process may use (its CPU "
+        "affinity, or less under a container's CPU limit).",
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     access_log: bool = Field(True, description="Log one line per HTTP request.")

@@ -13,11 +13,13 @@ import base64
 import binascii
 import contextlib
 import json
+import math
 import os
 import queue
 import re
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
@@ -127,52 +129,60 @@ class SideDecrypter:
     async def decrypt(self, private_key: Keys, text: str) -> tuple[Card, str]:
         """:func:`decrypt`'s answer (or its :class:`CryptogramError`), from the thread."""
         future: asyncio.Future[tuple[Card, str]] = asyncio.get_running_loop().create_future()
-        self._start()
-        self._jobs.put((private_key, text, future))
-        return await future
-
-    def _start(self) -> None:
-        if self._thread is not None and not self._closed:
-            return
-        with self._lock:
-            if self._closed:  # its thread will answer nothing more
+        with self._lock:  # never behind close()'s last word: the thread would not see it
+            if self._closed:
                 raise RuntimeError("the decrypter is closed")
             if self._thread is None:
                 thread = threading.Thread(target=self._run, name="tolem-decrypt", daemon=True)
                 thread.start()
                 self._thread = thread
+            self._jobs.put((private_key, text, future))
+        return await future
 
     def _run(self) -> None:
+        try:
+            while self._batch():
+                pass
+        finally:
+            with self._lock:
+                if self._thread is threading.current_thread():  # died, not closed: the
+                    self._thread = None  # next request starts another for what waits
+
+    def _batch(self) -> bool:
+        """Decrypt and answer every cryptogram waiting; False once closed. (A function
+        of its own: the cards of a batch are not kept in its locals until the next.)"""
+        jobs = [self._jobs.get()]
         while True:
-            jobs = [self._jobs.get()]
-            while True:  # every cryptogram waiting now
-                try:
-                    jobs.append(self._jobs.get_nowait())
-                except queue.Empty:
-                    break
-            answers: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
-            for job in jobs:
-                if job is None:  # closed: what was asked before is still answered
-                    continue
-                private_key, text, future = job
-                try:
-                    done: _Done = (future, decrypt(private_key, text), None)
-                except Exception as exc:  # CryptogramError, or a fault to pass on
-                    done = (future, None, exc)
-                answers.setdefault(future.get_loop(), []).append(done)
-            for loop, done_here in answers.items():
-                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
-                    loop.call_soon_threadsafe(_answer, done_here)
-            if None in jobs:
-                return
+            try:
+                jobs.append(self._jobs.get_nowait())
+            except queue.Empty:
+                break
+        answers: dict[asyncio.AbstractEventLoop, list[_Done]] = {}
+        for job in jobs:
+            if job is None:  # closed: what was asked before is still answered
+                continue
+            private_key, text, future = job
+            try:
+                done: _Done = (future, decrypt(private_key, text), None)
+            except Exception as exc:  # CryptogramError, or a fault to pass on
+                done = (future, None, exc)
+            except BaseException as exc:  # a panic in the bindings: its request fails
+                failure = RuntimeError(f"decryption failed ({type(exc).__name__})")
+                done = (future, None, failure)
+            answers.setdefault(future.get_loop(), []).append(done)
+        for loop, done_here in answers.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits
+                loop.call_soon_threadsafe(_answer, done_here)
+        return None not in jobs
 
     def close(self) -> None:
-        """Stop the thread once it has answered what it was asked."""
+        """Stop the thread once it has answered what it was asked (at most 5 s)."""
         with self._lock:
             self._closed = True
             thread, self._thread = self._thread, None
+            if thread is not None:
+                self._jobs.put(None)
         if thread is not None:
-            self._jobs.put(None)
             thread.join(timeout=5)
 
 
@@ -186,17 +196,27 @@ def _answer(answers: list[_Done]) -> None:
             future.set_result(card)  # type: ignore[arg-type]
 
 
-def spare_cores() -> int:
-    """The cores this process may run on."""
+#: A cgroup v2 CPU limit: "QUOTA PERIOD" (microseconds), or "max PERIOD" for none.
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+
+
+def usable_cores(cpu_max: Path = CPU_MAX) -> int:
+    """The cores this process may use: those it may run on, fewer if its cgroup (a
+    container's CPU limit) allows it less time than that."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):  # no cgroup v2 limit: as above
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    return cores
 
 
 def wanted(setting: Literal["auto", "on", "off"], workers: int) -> bool:
     """Whether a worker decrypts in a side thread: ``auto`` when the workers are fewer
-    than the cores (each then has one to spare)."""
+    than the cores they may use (each then has one to spare)."""
     if setting == "auto":
-        return workers < spare_cores()
+        return workers < usable_cores()
     return setting == "on"
