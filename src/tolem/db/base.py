@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import uuid
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -97,6 +98,25 @@ def _column_defaults(cls: type[DeclarativeBase]) -> tuple[tuple[str, str, Any, b
     return tuple(out)
 
 
+def _row(
+    cls: type[DeclarativeBase], given: Mapping[str, Any]
+) -> Iterator[tuple[str, str, Any, bool]]:
+    """(attribute, column, value, given) of each column an insert of ``cls`` writes: the
+    value given, else the column's Python-side default. Left out: an autoincrement key,
+    a column with only a server default, a SQL default (the database fills them)."""
+    for key, column_key, default, by_database in _column_defaults(cls):
+        if key in given:
+            yield key, column_key, given[key], True
+        elif by_database:
+            continue
+        elif default is None:
+            yield key, column_key, None, False
+        elif default.is_scalar:
+            yield key, column_key, default.arg, False
+        elif default.is_callable:
+            yield key, column_key, default.arg(None), False
+
+
 def insert_row(obj: DeclarativeBase) -> dict[str, Any]:
     """The row that inserting ``obj`` writes, for a Core ``insert()`` of its table.
 
@@ -105,23 +125,10 @@ def insert_row(obj: DeclarativeBase) -> dict[str, Any]:
     default, is left to the database). Core inserts skip the ORM's unit of work, which
     costs more than the statement itself on the payment path.
     """
-    state = obj.__dict__
     row: dict[str, Any] = {}
-    for key, column_key, default, by_database in _column_defaults(type(obj)):
-        if key in state:
-            row[column_key] = state[key]
-            continue
-        if by_database:
-            continue
-        if default is None:
-            value = None
-        elif default.is_scalar:
-            value = default.arg
-        elif default.is_callable:
-            value = default.arg(None)
-        else:  # a SQL expression or a sequence: the database computes it
-            continue
-        setattr(obj, key, value)
+    for key, column_key, value, given in _row(type(obj), obj.__dict__):
+        if not given:
+            setattr(obj, key, value)
         row[column_key] = value
     return row
 
@@ -148,19 +155,7 @@ def new_row(cls: type[_M], **values: Any) -> tuple[_M, dict[str, Any]]:
     obj = cls.__mapper__.class_manager.new_instance()
     state = obj.__dict__
     row: dict[str, Any] = {}
-    for key, column_key, default, by_database in _column_defaults(cls):
-        if key in values:
-            value = values[key]
-        elif by_database:
-            continue
-        elif default is None:
-            value = None
-        elif default.is_scalar:
-            value = default.arg
-        elif default.is_callable:
-            value = default.arg(None)
-        else:  # a SQL expression or a sequence: the database computes it
-            continue
+    for key, column_key, value, _given in _row(cls, values):
         state[key] = value
         row[column_key] = value
     return obj, row
